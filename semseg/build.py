@@ -1,0 +1,87 @@
+"""``type`` name -> class tables, one per kind, and the ``build`` helper.
+
+A config names a class by ``type='PSPHead'``. Each table maps that name to ``"module:Class"`` and imports
+the module only when a config asks for it, so building a model never imports datasets (and the reverse).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any
+
+BACKBONES = {
+    "ResNet": "semseg.models.backbones.resnet:ResNet",
+    "ResNetV1c": "semseg.models.backbones.resnet:ResNetV1c",
+    "ResNetV1d": "semseg.models.backbones.resnet:ResNetV1d",
+}
+
+NECKS: dict[str, str] = {}
+
+HEADS = {
+    "FCNHead": "semseg.models.heads.fcn:FCNHead",
+    "PSPHead": "semseg.models.heads.psp:PSPHead",
+    "ASPPHead": "semseg.models.heads.aspp:ASPPHead",
+    "DepthwiseSeparableASPPHead": "semseg.models.heads.sep_aspp:DepthwiseSeparableASPPHead",
+    "UPerHead": "semseg.models.heads.uper:UPerHead",
+}
+
+LOSSES = {
+    "CrossEntropyLoss": "semseg.models.losses:CrossEntropyLoss",
+}
+
+SAMPLERS = {
+    "OHEMPixelSampler": "semseg.models.sampler:OHEMPixelSampler",
+}
+
+SEGMENTORS = {
+    "EncoderDecoder": "semseg.models.segmentor:EncoderDecoder",
+}
+
+DATA_PREPROCESSORS = {
+    "SegDataPreProcessor": "semseg.models.preprocessor:SegDataPreProcessor",
+}
+
+TABLES = {
+    "backbone": BACKBONES,
+    "neck": NECKS,
+    "head": HEADS,
+    "loss": LOSSES,
+    "sampler": SAMPLERS,
+    "segmentor": SEGMENTORS,
+    "data_preprocessor": DATA_PREPROCESSORS,
+}
+
+
+def lookup(kind: str, type_name: str) -> type:
+    """The class registered as ``type_name`` in the ``kind`` table; unknown names suggest the nearest."""
+    table = TABLES[kind]
+    if type_name not in table:
+        close = difflib.get_close_matches(str(type_name), table, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown {kind} type {type_name!r}{hint} (known: {', '.join(sorted(table)) or 'none'})")
+    module_name, class_name = table[type_name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build(kind: str, cfg: dict, **defaults: Any) -> Any:
+    """Build the object a config dict describes: ``cfg['type']`` picks the class, the rest are kwargs.
+
+    ``defaults`` fill in keys the config leaves out. A keyword the class does not take is reported with
+    the nearest valid one.
+    """
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise TypeError(f"a {kind} config must be a dict with a 'type' key, got {cfg!r}")
+    kwargs = {**defaults, **{k: v for k, v in cfg.items() if k != "type"}}
+    cls = lookup(kind, cfg["type"])
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes_any:
+        valid = [name for name in params if name != "self"]
+        for key in kwargs:
+            if key not in params:
+                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"{cfg['type']} has no argument {key!r}{hint} (arguments: {', '.join(valid)})")
+    return cls(**kwargs)

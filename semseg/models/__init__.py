@@ -1,0 +1,1 @@
+"""Models: backbones, necks, decode heads, losses and segmentors."""

@@ -1,0 +1,78 @@
+"""ASPPHead (DeepLabV3, arXiv:1706.05587) and the atrous branch list shared with the separable head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from semseg.models.heads.decode_head import BaseDecodeHead
+from semseg.nn import ConvModule, DepthwiseSeparableConvModule, resize
+
+
+def aspp_branches(
+    dilations: Sequence[int],
+    in_channels: int,
+    channels: int,
+    conv_cfg: dict | None,
+    norm_cfg: dict | None,
+    act_cfg: dict | None,
+    separable: bool = False,
+) -> nn.ModuleList:
+    """One conv block per dilation: 1x1 for dilation 1, else 3x3 with that dilation (size-preserving).
+
+    With ``separable`` (DeepLabV3+) the dilated branches are depthwise-separable
+    (``aspp_modules.<i>.depthwise_conv`` / ``.pointwise_conv``); the 1x1 branch stays a plain block.
+    """
+    branches = nn.ModuleList()
+    for dilation in dilations:
+        if dilation == 1:
+            branches.append(ConvModule(in_channels, channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                                       act_cfg=act_cfg))
+        elif separable:
+            branches.append(DepthwiseSeparableConvModule(in_channels, channels, 3, padding=dilation,
+                                                         dilation=dilation, norm_cfg=norm_cfg, act_cfg=act_cfg))
+        else:
+            branches.append(ConvModule(in_channels, channels, 3, padding=dilation, dilation=dilation,
+                                       conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg))
+    return branches
+
+
+class ASPPHead(BaseDecodeHead):
+    """Image pooling plus atrous branches, concatenated and fused by a 3x3 ``bottleneck``.
+
+    Concatenation order: ``[image_pool, aspp_modules[0], aspp_modules[1], ...]``.
+
+    Args:
+        dilations: one branch per dilation rate.
+        **kwargs: :class:`BaseDecodeHead` arguments.
+
+    Input: the backbone's list of features; the selected one is (N, in_channels, h, w).
+    Output of ``forward``: (N, out_channels, h, w).
+    """
+
+    def __init__(self, dilations: Sequence[int] = (1, 6, 12, 18), **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(dilations, (list, tuple)):
+            raise TypeError(f"dilations must be a list or tuple, got {dilations!r}")
+        self.dilations = dilations
+        cfgs = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        # Sequential so the keys read image_pool.1.conv.weight (index 0 is the parameter-free pool).
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                                        ConvModule(self.in_channels, self.channels, 1, **cfgs))
+        self.aspp_modules = self._build_branches()
+        self.bottleneck = ConvModule((len(dilations) + 1) * self.channels, self.channels, 3, padding=1, **cfgs)
+
+    def _build_branches(self) -> nn.ModuleList:
+        return aspp_branches(self.dilations, self.in_channels, self.channels, self.conv_cfg, self.norm_cfg,
+                             self.act_cfg)
+
+    def aspp_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, h, w) -> ``bottleneck`` output (N, channels, h, w)."""
+        pooled = resize(self.image_pool(x), size=x.shape[2:], mode="bilinear", align_corners=self.align_corners)
+        return self.bottleneck(torch.cat([pooled, *(branch(x) for branch in self.aspp_modules)], dim=1))
+
+    def forward_features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Selected input (N, in_channels, h, w) -> (N, channels, h, w)."""
+        return self.aspp_forward(self.transform_inputs(inputs))

@@ -1,0 +1,15 @@
+_base_ = [
+    '../_base_/models/fcn_r50-d8.py',
+    '../_base_/datasets/cityscapes.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/schedule_80k.py',
+]
+
+data_preprocessor = dict(size=(512, 1024))
+
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(dilations=(1, 1, 1, 2), strides=(1, 2, 2, 1)),
+    decode_head=dict(dilation=6),
+    auxiliary_head=dict(dilation=6),
+)

@@ -176,9 +176,7 @@ def strip_pretrained(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         out = {}
         for k, v in cfg.items():
-            if k == "pretrained":
-                out[k] = None
-            elif k == "init_cfg" and _is_pretrained_init(v):
+            if k == "pretrained" or (k == "init_cfg" and _is_pretrained_init(v)):
                 out[k] = None
             elif k == "init_cfg" and isinstance(v, (list, tuple)):
                 out[k] = [strip_pretrained(c) for c in v if not _is_pretrained_init(c)] or None

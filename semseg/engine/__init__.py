@@ -1,0 +1,1 @@
+"""Training engine: checkpoints, optimizers, the training loop."""

@@ -1,0 +1,485 @@
+"""Checkpoint files: read weights without running anything a file names, write them atomically.
+
+Reading tries ``torch.load(weights_only=True)`` first. MMSegmentation's own training checkpoints pickle
+mmengine objects (``message_hub``, ConfigDict) and numpy values, which that loader refuses; such a file is
+read again with a restricted unpickler that rebuilds tensors, plain containers and numpy arrays and turns
+every other global it names into an inert :class:`Unpickled` record: nothing the file names is imported
+or called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import pickle
+import re
+import tempfile
+import types
+import urllib.parse
+import urllib.request
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "LoadResult",
+    "Unpickled",
+    "download_checkpoint",
+    "load_checkpoint",
+    "load_state_dict_file",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+# torch.hub's convention: `name-<first hex digits of the file's SHA-256>.ext`.
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
+_URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
+_CONTAINER_KEYS = ("state_dict", "model", "module")
+_DDP_PREFIX = "module."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Restricted unpickling
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Unpickled:
+    """Inert stand-in for an object whose class or function the restricted unpickler does not trust.
+
+    The stand-in class for a global ``module.name`` records what the pickle asked of it and runs nothing:
+    calling it (or ``__new__``) gives an instance holding ``args``/``kwargs``; ``__setstate__`` keeps the
+    state in ``state``; dict-like and list-like items land in ``items`` and ``list_items``.
+    """
+
+    name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Unpickled:
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.kwargs = kwargs
+        obj.state = None
+        obj.items = {}
+        obj.list_items = []
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Arguments were recorded by ``__new__``; nothing else happens."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, item: Any) -> None:
+        self.list_items.append(item)
+
+    def extend(self, items: Any) -> None:
+        self.list_items.extend(items)
+
+    def __repr__(self) -> str:
+        return f"<unpickled {self.name} (not rebuilt)>"
+
+
+@functools.cache
+def _stand_in(module: str, name: str) -> type[Unpickled]:
+    """The inert class standing for the global ``module.name`` (one class per name)."""
+    qualname = f"{module}.{name}"
+    return type(name, (Unpickled,), {"name": qualname, "__module__": __name__, "__qualname__": qualname})
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol 2 uses it to pickle bytes; other codecs are refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None) -> Tensor:
+    """torch's tensor rebuild (v2) with the pickled backward hooks dropped: hooks are never weights."""
+    return torch._utils._rebuild_tensor_v2(
+        storage, storage_offset, size, stride, requires_grad, OrderedDict(), metadata
+    )
+
+
+def _tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+) -> Tensor:
+    """torch's tensor rebuild (v3) with the pickled backward hooks dropped."""
+    return torch._utils._rebuild_tensor_v3(
+        storage, storage_offset, size, stride, requires_grad, OrderedDict(), dtype, metadata
+    )
+
+
+def _parameter(data, requires_grad, backward_hooks, state=None) -> Any:
+    """An ``nn.Parameter`` around ``data``; hooks and Python attributes pickled with it are dropped."""
+    if not isinstance(data, Tensor):
+        return _stand_in("torch._utils", "_rebuild_parameter")(data, requires_grad)
+    return nn.Parameter(data, requires_grad)
+
+
+def _tensor_from_type(func, new_type, args, state) -> Any:
+    """``torch._tensor._rebuild_from_type_v2`` for plain tensors and parameters only; attributes dropped."""
+    obj = func(*args)
+    if not isinstance(obj, Tensor) or new_type not in (Tensor, nn.Parameter):
+        return _stand_in("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args)
+    return obj if type(obj) is new_type else obj.as_subclass(new_type)
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """numpy's array, dtype and scalar reconstruction, restricted to plain ``ndarray`` and string dtypes."""
+    try:
+        import numpy as np
+    except ImportError:
+        return {}
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+
+    def reconstruct(subtype, shape, dtype):
+        if subtype is not np.ndarray:  # ndarray subclasses (masked arrays, matrices) stay records
+            return _stand_in("numpy", "ndarray_subclass")(subtype, shape, dtype)
+        return multiarray._reconstruct(np.ndarray, shape, dtype)
+
+    def dtype(spec, align=False, copy=False):
+        if not isinstance(spec, str):
+            return _stand_in("numpy", "dtype")(spec, align, copy)
+        return np.dtype(spec, align, copy)
+
+    def scalar(dt, data=None):
+        if not isinstance(dt, np.dtype):
+            return _stand_in("numpy", "scalar")(dt, data)
+        return multiarray.scalar(dt) if data is None else multiarray.scalar(dt, data)
+
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x names
+        table[(module, "_reconstruct")] = reconstruct
+        table[(module, "scalar")] = scalar
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """(module, name) -> object for the globals needed to rebuild tensors, containers and numpy values."""
+    table: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("_codecs", "encode"): _latin1_encode,
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        ("torch", "Tensor"): Tensor,
+        ("torch._tensor", "Tensor"): Tensor,
+        ("torch.nn.parameter", "Parameter"): nn.Parameter,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): _tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _tensor_from_type,
+    }
+    for container in (dict, list, tuple, set, frozenset, bytearray):
+        table[("builtins", container.__name__)] = container
+    for name in dir(torch):
+        obj = getattr(torch, name)
+        if isinstance(obj, torch.dtype):
+            table[("torch", name)] = obj
+        elif (
+            isinstance(obj, type)
+            and name.endswith("Storage")
+            and issubclass(obj, (torch.storage.TypedStorage, torch.UntypedStorage))
+        ):
+            table[("torch", name)] = obj  # the legacy format names storage classes in its headers
+    table.update(_numpy_globals())
+    return table
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only allow-listed globals and gives :class:`Unpickled` stand-ins for the rest.
+
+    ``find_class`` never imports: a name is looked up in a fixed table built from modules already loaded.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # protocol 2 writes Python 2 names
+        obj = _allowed_globals().get((module, name))
+        return obj if obj is not None else _stand_in(module, name)
+
+
+def _restricted_load(file, **kwargs: Any) -> Any:
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# What torch.load needs of a `pickle_module`: its `Unpickler` (subclassed to add storage handling and
+# `persistent_load`) and `load` (the legacy format's header records).
+_restricted_pickle = types.ModuleType("semseg_restricted_pickle", "Restricted unpickling for torch.load.")
+_restricted_pickle.Unpickler = _RestrictedUnpickler
+_restricted_pickle.load = _restricted_load
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    """``torch.load`` with weights_only, then with the restricted unpickler if the file holds other globals."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # foreign globals (or a damaged pickle: the second attempt reports that)
+    # Other refusals are final: with weights_only=False torch.load would hand a TorchScript archive to
+    # torch.jit.load, which is exactly what must not happen.
+    except Exception as e:
+        raise RuntimeError(f"cannot read checkpoint {path}: {e} (truncated or corrupt file?)") from e
+    try:
+        return torch.load(
+            path, map_location=map_location, weights_only=False, pickle_module=_restricted_pickle
+        )
+    except Exception as e:
+        raise RuntimeError(f"cannot read checkpoint {path}: {e} (truncated or corrupt file?)") from e
+
+
+def _load_safetensors(path: Path, map_location: Any) -> tuple[dict[str, Tensor], dict]:
+    try:
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from e
+    if map_location is not None and not isinstance(map_location, (str, torch.device)):
+        raise ValueError(f"a .safetensors file takes a device as map_location, got {map_location!r}")
+    device = str(map_location) if map_location is not None else "cpu"
+    try:
+        state_dict = load_file(str(path), device=device)
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise RuntimeError(f"cannot read checkpoint {path}: {e} (truncated or corrupt file?)") from e
+    return state_dict, meta
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """The tensor dict under ``state_dict``/``model``/``module``, or ``obj`` itself if it is one."""
+    if isinstance(obj, Mapping):
+        for key in _CONTAINER_KEYS:
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key])
+        if _is_state_dict(obj):
+            return dict(obj)
+        found = f"top-level keys {sorted(map(str, obj))[:20]}"
+    else:
+        found = f"a {type(obj).__name__}, not a dict"
+    raise ValueError(
+        f"no state dict in checkpoint {path}: expected a dict of tensors under one of "
+        f"{list(_CONTAINER_KEYS)} or at the top level; found {found}"
+    )
+
+
+def load_state_dict_file(path: str | Path, map_location: Any = "cpu") -> tuple[dict[str, Tensor], dict]:
+    """Read a checkpoint file into ``(state_dict, meta)`` without executing anything it names.
+
+    Args:
+        path: ``.safetensors``, or a ``torch.save`` file (zip or legacy format): a dict with ``state_dict``
+            (MMSegmentation), ``model`` or ``module``, or a bare state dict.
+        map_location: where tensors go, as in ``torch.load``.
+
+    Returns:
+        The state dict with DDP ``module.`` prefixes stripped, and the file's ``meta`` dict (safetensors
+        metadata; globals the restricted unpickler did not trust appear as :class:`Unpickled` records).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        state_dict, meta = _load_safetensors(path, map_location)
+    else:
+        obj = _torch_load(path, map_location)
+        state_dict = _find_state_dict(obj, path)
+        meta = obj.get("meta") if isinstance(obj, Mapping) else None
+        meta = dict(meta) if isinstance(meta, Mapping) else {}
+    state_dict = {k.removeprefix(_DDP_PREFIX): v for k, v in state_dict.items()}
+    return state_dict, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Downloading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _default_cache_dir() -> Path:
+    home = os.environ.get("SEMSEG_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "semseg"
+    return base / "checkpoints"
+
+
+def download_checkpoint(url: str, cache_dir: str | Path | None = None) -> Path:
+    """Download ``url`` (http, https or file) into the cache once and return the cached path.
+
+    The file is written to a temporary name in the cache directory and renamed when complete, so the cache
+    never holds a partial file. A name with a hash suffix (``..._20200604_192608-efe53f0d.pth``) is checked
+    against the first hex digits of the file's SHA-256.
+
+    Args:
+        url: where the checkpoint lives.
+        cache_dir: defaults to ``$SEMSEG_HOME/checkpoints`` or ``~/.cache/semseg/checkpoints``.
+    """
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name:
+        raise ValueError(f"cannot tell a file name from the URL {url}")
+    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    dest = cache / name
+    if dest.is_file():
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    match = _HASH_IN_NAME.search(name)
+    expected = match.group(1) if match else None
+    logger.info("downloading %s to %s", url, dest)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
+    try:
+        sha256 = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    while chunk := response.read(1 << 20):
+                        sha256.update(chunk)
+                        out.write(chunk)
+            except OSError as e:  # URLError and HTTPError are OSErrors
+                raise OSError(f"cannot download checkpoint {url}: {e}") from e
+        actual = sha256.hexdigest()
+        if expected is not None and not actual.startswith(expected):
+            raise ValueError(
+                f"checksum mismatch for {url}: the file name says SHA-256 {expected}..., "
+                f"the downloaded file has {actual[: len(expected)]}..."
+            )
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; the cache is shared
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading into a model, saving
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_checkpoint` found: keys the model lacks, extra keys, shape mismatches, file meta."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 10) -> str:
+        """One line per kind of problem, the first ``limit`` keys of each."""
+
+        def listed(items: list[str]) -> str:
+            more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+
+        lines = []
+        if self.missing:
+            lines.append(f"missing keys ({len(self.missing)}): {listed(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected keys ({len(self.unexpected)}): {listed(self.unexpected)}")
+        if self.mismatched:
+            shapes = [f"{k} (checkpoint {list(c)}, model {list(m)})" for k, c, m in self.mismatched]
+            lines.append(f"shape mismatches ({len(self.mismatched)}): {listed(shapes)}")
+        return "\n".join(lines)
+
+
+def _revise(state_dict: dict[str, Tensor], revise_keys: list[tuple[str, str]]) -> dict[str, Tensor]:
+    for pattern, repl in revise_keys:
+        state_dict = {re.sub(pattern, repl, k): v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_url: str | Path,
+    strict: bool = True,
+    map_location: Any = "cpu",
+    revise_keys: list[tuple[str, str]] | None = None,
+) -> LoadResult:
+    """Load a checkpoint file or URL into ``model``'s parameters and buffers.
+
+    Keys are compared with ``model.state_dict()``. With ``strict`` any missing, unexpected or wrongly
+    shaped key raises ``RuntimeError`` listing them and nothing is loaded; otherwise the matching keys
+    load and a warning summarises the rest. A shape mismatch is never loaded.
+
+    Args:
+        revise_keys: ``(regex, replacement)`` pairs applied with ``re.sub`` to every checkpoint key, in order
+            (after the DDP ``module.`` prefix is stripped).
+    """
+    source = str(path_or_url)
+    path = download_checkpoint(source) if _URL.match(source) else Path(path_or_url)
+    state_dict, meta = load_state_dict_file(path, map_location)
+    if revise_keys:
+        state_dict = _revise(state_dict, revise_keys)
+
+    own = model.state_dict()
+    result = LoadResult(
+        missing=[k for k in own if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in own],
+        mismatched=[
+            (k, tuple(v.shape), tuple(own[k].shape))
+            for k, v in state_dict.items()
+            if k in own and v.shape != own[k].shape
+        ],
+        meta=meta,
+    )
+    if strict and not result.ok:
+        raise RuntimeError(f"checkpoint {path} does not fit {type(model).__name__}:\n{result.summary()}")
+    bad = {k for k, _, _ in result.mismatched}
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own and k not in bad}, strict=strict)
+    if not result.ok:
+        loaded = len(own) - len(result.missing) - len(bad)
+        warnings.warn(
+            f"checkpoint {path}: loaded {loaded} of {len(own)} tensors of {type(model).__name__}\n"
+            f"{result.summary()}",
+            stacklevel=2,
+        )
+    return result
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically: a temporary file in the same directory, then ``os.replace``.
+
+    A crash or an error while writing leaves any previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

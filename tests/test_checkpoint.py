@@ -333,3 +333,11 @@ def test_hash_suffix_checked(tmp_path):
     message = str(info.value)
     assert bad.as_uri() in message and wrong in message and digest[:8] in message
     assert list(bad_cache.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*TorchScript archive:UserWarning")
+def test_torchscript_archive_is_not_run(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
+    with pytest.raises(RuntimeError, match="scripted.pt.*TorchScript"):
+        load_state_dict_file(path)

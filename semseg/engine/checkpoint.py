@@ -234,9 +234,9 @@ def _torch_load(path: Path, map_location: Any) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass  # foreign globals (or a damaged pickle: the second attempt reports that)
-    # Other refusals are final: with weights_only=False torch.load would hand a TorchScript archive to
-    # torch.jit.load, which is exactly what must not happen.
     except Exception as e:
+        # Other refusals are final: with weights_only=False torch.load would hand a TorchScript archive
+        # to torch.jit.load, which runs code.
         raise RuntimeError(f"cannot read checkpoint {path}: {e} (truncated or corrupt file?)") from e
     try:
         return torch.load(

@@ -1,0 +1,1 @@
+"""Backbones: plain nn.Modules returning a list of NCHW features (see semseg.build.BACKBONES)."""

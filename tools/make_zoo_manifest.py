@@ -1,0 +1,162 @@
+"""Write ``semseg/zoo.json``: one entry per zoo config that semseg ships.
+
+Reads MMSegmentation 1.2.2's published model facts (a JSON list: name, method folder, dataset, metrics,
+batch size, architecture, memory, weights URL) and the configs under ``semseg/configs``; a model enters
+the manifest only when its config file exists, so the manifest grows with the zoo. Crop size and
+iteration count come from the config itself.
+
+    python tools/make_zoo_manifest.py [FACTS_JSON] [--check]
+
+``--check`` writes nothing and exits 1 when ``semseg/zoo.json`` is not what this script would write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_FACTS = REPO.parent / "shared" / "reference" / "mmseg_zoo_facts.json"
+CONFIG_ROOT = REPO / "semseg" / "configs"
+MANIFEST = REPO / "semseg" / "zoo.json"
+
+# The weights file name ends with the first hex digits of the file's SHA-256: `..._20200604_192608-efe53f0d.pth`.
+HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.pth$")
+
+# Metafile entries whose weights belong to a sibling config, not to the name they are listed under
+# (weights folder -> the config those weights were trained with). Their facts move to the sibling.
+SIBLING_WEIGHTS = {
+    "pspnet_r50-d32_512x1024_80k_cityscapes": "pspnet_r50-d32_4xb2-80k_cityscapes-512x1024",
+    "deeplabv3plus_r101-d8_512x512_80k_ade20k": "deeplabv3plus_r101-d8_4xb4-80k_ade20k-512x512",
+    "deeplabv3plus_r101-d8_480x480_40k_pascal_context": "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-480x480",
+    "deeplabv3plus_r101-d8_480x480_80k_pascal_context": "deeplabv3plus_r101-d8_4xb4-80k_pascal-context-480x480",
+}
+# Names whose only metafile entry carries a sibling's weights: no weights of their own are published.
+OWN_ARCHITECTURE = {
+    "deeplabv3plus_r50-d8_4xb4-40k_pascal-context-480x480": ["R-50-D8", "DeepLabV3+"],
+    "deeplabv3plus_r50-d8_4xb4-80k_pascal-context-480x480": ["R-50-D8", "DeepLabV3+"],
+}
+
+
+def sha256_prefix(url: str) -> str:
+    """The hex digits a weights file name ends with (the start of the file's SHA-256)."""
+    match = HASH_SUFFIX.search(url)
+    if match is None:
+        raise ValueError(f"weights URL {url!r} does not end with '-<sha256 prefix>.pth'")
+    return match.group(1)
+
+
+def weights_folder(url: str) -> str:
+    """The folder a weights file sits in (MMSegmentation 0.x's name of the model)."""
+    return url.rstrip("/").split("/")[-2]
+
+
+def config_facts(path: Path) -> dict[str, Any]:
+    """Crop size [h, w] and iteration count from a config: the train pipeline's RandomCrop (else the
+    data preprocessor's size) and ``train_cfg.max_iters``; notes where these disagree with the name
+    (``..._4xb2-80k_cityscapes-512x1024``)."""
+    from semseg.config import Config
+
+    cfg = Config.fromfile(path).to_dict()
+    crops = [t["crop_size"] for t in cfg.get("train_pipeline", []) if t.get("type") == "RandomCrop"]
+    pad = cfg["model"]["data_preprocessor"].get("size")
+    crop = [int(v) for v in (crops[0] if crops else pad)]
+    iters = int(cfg["train_cfg"]["max_iters"])
+    notes = []
+    named_iters = re.search(r"-(\d+)k_", path.stem)
+    if named_iters and int(named_iters.group(1)) * 1000 != iters:
+        notes.append(f"the name says {named_iters.group(1)}k iterations but the config, as MMSegmentation "
+                     f"1.2.2's, trains {iters}")
+    named_crop = re.search(r"-(\d+)x(\d+)$", path.stem)
+    if named_crop and [int(named_crop.group(1)), int(named_crop.group(2))] != crop:
+        notes.append(f"the name says {named_crop.group(1)}x{named_crop.group(2)} but the config, as "
+                     f"MMSegmentation 1.2.2's, crops {crop[0]}x{crop[1]} in training"
+                     + (f" and pads batches to {pad[0]}x{pad[1]}" if pad and list(pad) != crop else ""))
+    return {"crop_size": crop, "iters": iters, "notes": notes}
+
+
+def _entry(fact: dict, notes: list[str], config: str) -> dict[str, Any]:
+    url = fact["weights"]
+    return {
+        "config": config,
+        "method": fact["method_folder"],
+        "dataset": fact["dataset"],
+        "weights": url,
+        "sha256_prefix": sha256_prefix(url) if url else None,
+        "metrics": dict(fact["metrics"]),
+        "batch_size": fact["batch_size"],
+        "architecture": list(fact["architecture"]),
+        "memory_gb": fact["memory_gb"],
+        "notes": "; ".join(notes),
+    }
+
+
+def build(facts: list[dict], config_root: Path = CONFIG_ROOT) -> dict[str, dict]:
+    """The manifest (name -> entry, sorted by name) for every fact whose config exists under
+    ``config_root``."""
+    own: dict[str, dict] = {}  # name -> the fact whose weights are that model's
+    moved: dict[str, list[dict]] = {}  # name -> facts listed under it whose weights are a sibling's
+    for fact in facts:
+        sibling = SIBLING_WEIGHTS.get(weights_folder(fact["weights"]))
+        if sibling is not None and sibling != fact["name"]:
+            moved.setdefault(fact["name"], []).append(fact)
+            own.setdefault(sibling, {**fact, "name": sibling, "listed_as": fact["name"]})
+        else:
+            own[fact["name"]] = fact
+
+    manifest = {}
+    for name in sorted(set(own) | set(moved)):
+        fact = own.get(name)
+        template = fact if fact is not None else moved[name][0]
+        config = f"{template['method_folder']}/{name}.py"
+        if not (config_root / config).is_file():
+            continue
+        notes = [template["note"]] if template.get("note") else []
+        if fact is None:  # only a sibling's weights are published under this name
+            fact = {**template, "weights": None, "metrics": {}, "memory_gb": None,
+                    "architecture": OWN_ARCHITECTURE.get(name, template["architecture"])}
+            notes.append("no weights of its own are published")
+        if "listed_as" in fact:
+            notes.append(f"MMSegmentation's metafile lists these weights under {fact['listed_as']}; "
+                         f"their file name says they are this model's")
+        for other in moved.get(name, []):
+            notes.append(f"MMSegmentation's metafile also lists {other['weights']} under this name; "
+                         f"those weights belong to {SIBLING_WEIGHTS[weights_folder(other['weights'])]}")
+        from_config = config_facts(config_root / config)
+        entry = _entry(fact, notes + from_config.pop("notes"), config)
+        entry.update(from_config)
+        manifest[name] = {key: entry[key] for key in (
+            "config", "method", "dataset", "weights", "sha256_prefix", "metrics", "batch_size",
+            "architecture", "crop_size", "iters", "memory_gb", "notes")}
+    return manifest
+
+
+def render(manifest: dict[str, dict]) -> str:
+    """The manifest as it is written to disk (stable: sorted names, two-space indent)."""
+    return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("facts", nargs="?", type=Path, default=DEFAULT_FACTS, help="mmseg_zoo_facts.json")
+    parser.add_argument("--check", action="store_true", help="compare with semseg/zoo.json, write nothing")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    text = render(build(json.loads(args.facts.read_text())))
+    if args.check:
+        current = MANIFEST.read_text() if MANIFEST.is_file() else ""
+        if current != text:
+            print(f"{MANIFEST} is out of date: run python tools/make_zoo_manifest.py", file=sys.stderr)
+            return 1
+        return 0
+    MANIFEST.write_text(text)
+    print(f"wrote {len(json.loads(text))} entries to {MANIFEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,11 +35,21 @@ SIBLING_WEIGHTS = {
     "deeplabv3plus_r101-d8_480x480_40k_pascal_context": "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-480x480",
     "deeplabv3plus_r101-d8_480x480_80k_pascal_context": "deeplabv3plus_r101-d8_4xb4-80k_pascal-context-480x480",
 }
+# Misspelt hosts in the metafile's weights URLs -> the real host.
+HOST_FIXES = {"download.oz1z1penmmlab.com": "download.openmmlab.com"}
 # Names whose only metafile entry carries a sibling's weights: no weights of their own are published.
 OWN_ARCHITECTURE = {
     "deeplabv3plus_r50-d8_4xb4-40k_pascal-context-480x480": ["R-50-D8", "DeepLabV3+"],
     "deeplabv3plus_r50-d8_4xb4-80k_pascal-context-480x480": ["R-50-D8", "DeepLabV3+"],
 }
+
+
+def fix_url(url: str) -> tuple[str, str | None]:
+    """The weights URL with a misspelt host corrected, and a note saying so (None when nothing changed)."""
+    for wrong, right in HOST_FIXES.items():
+        if f"//{wrong}/" in url:
+            return url.replace(f"//{wrong}/", f"//{right}/"), f"the metafile's weights URL has host {wrong}; corrected"
+    return url, None
 
 
 def sha256_prefix(url: str) -> str:
@@ -70,7 +80,7 @@ def config_facts(path: Path) -> dict[str, Any]:
     named_iters = re.search(r"-(\d+)k_", path.stem)
     if named_iters and int(named_iters.group(1)) * 1000 != iters:
         notes.append(f"the name says {named_iters.group(1)}k iterations but the config, as MMSegmentation "
-                     f"1.2.2's, trains {iters}")
+                     f"1.2.2's, trains {iters} iterations")
     named_crop = re.search(r"-(\d+)x(\d+)$", path.stem)
     if named_crop and [int(named_crop.group(1)), int(named_crop.group(2))] != crop:
         notes.append(f"the name says {named_crop.group(1)}x{named_crop.group(2)} but the config, as "
@@ -101,6 +111,9 @@ def build(facts: list[dict], config_root: Path = CONFIG_ROOT) -> dict[str, dict]
     own: dict[str, dict] = {}  # name -> the fact whose weights are that model's
     moved: dict[str, list[dict]] = {}  # name -> facts listed under it whose weights are a sibling's
     for fact in facts:
+        url, fixed = fix_url(fact["weights"])
+        if fixed:
+            fact = {**fact, "weights": url, "note": "; ".join(filter(None, [fact.get("note"), fixed]))}
         sibling = SIBLING_WEIGHTS.get(weights_folder(fact["weights"]))
         if sibling is not None and sibling != fact["name"]:
             moved.setdefault(fact["name"], []).append(fact)

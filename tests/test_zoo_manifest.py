@@ -1,0 +1,161 @@
+"""The zoo manifest (``semseg/zoo.json``) against the config files and the published facts."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_ROOT = REPO / "semseg" / "configs"
+MANIFEST = json.loads((REPO / "semseg" / "zoo.json").read_text())
+FACTS = REPO.parent / "shared" / "reference" / "mmseg_zoo_facts.json"
+METHODS = ("fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet")
+FIELDS = ["config", "method", "dataset", "weights", "sha256_prefix", "metrics", "batch_size", "architecture",
+          "crop_size", "iters", "memory_gb", "notes"]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("make_zoo_manifest", REPO / "tools" / "make_zoo_manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _facts() -> list[dict]:
+    if not FACTS.is_file():
+        pytest.skip(f"published facts not found at {FACTS} (../shared/reference beside the repo)")
+    return json.loads(FACTS.read_text())
+
+
+def _method_configs() -> list[Path]:
+    return sorted(p for p in CONFIG_ROOT.glob("*/*.py") if p.parent.name != "_base_")
+
+
+def _bases(path: Path) -> list[Path]:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_base_" for t in node.targets):
+            value = ast.literal_eval(node.value)
+            return [(path.parent / b).resolve() for b in ([value] if isinstance(value, str) else value)]
+    return []
+
+
+def test_manifest_is_sorted_with_all_fields():
+    assert list(MANIFEST) == sorted(MANIFEST)
+    assert len(MANIFEST) >= 190
+    for name, entry in MANIFEST.items():
+        assert list(entry) == FIELDS, name
+        assert entry["method"] in METHODS, name
+        assert isinstance(entry["batch_size"], int) and entry["batch_size"] > 0, name
+        assert isinstance(entry["iters"], int) and entry["iters"] > 0, name
+        assert len(entry["crop_size"]) == 2 and all(isinstance(v, int) for v in entry["crop_size"]), name
+
+
+def test_every_entry_has_its_config_file():
+    for name, entry in MANIFEST.items():
+        assert entry["config"] == f"{entry['method']}/{name}.py"
+        assert (CONFIG_ROOT / entry["config"]).is_file(), entry["config"]
+
+
+def test_every_method_config_is_a_zoo_entry_or_a_parent():
+    """A config under a method folder is either in the manifest or inherited by another shipped config
+    (e.g. the R-50 Pascal Context config that an R-101 one extends)."""
+    configs = _method_configs()
+    parents = {base for path in configs for base in _bases(path)}
+    for path in configs:
+        assert path.stem in MANIFEST or path.resolve() in parents, f"{path} has no manifest entry"
+        for base in _bases(path):
+            assert base.is_file(), f"{path}: _base_ {base} does not exist"
+
+
+def test_sha256_prefix_is_the_weights_file_name_suffix():
+    for name, entry in MANIFEST.items():
+        if entry["weights"] is None:
+            assert entry["sha256_prefix"] is None and entry["notes"], name
+            continue
+        assert re.fullmatch(r"[0-9a-f]{8,64}", entry["sha256_prefix"]), name
+        assert entry["weights"].startswith("https://download.openmmlab.com/mmsegmentation/"), name
+        assert entry["weights"].endswith(f"-{entry['sha256_prefix']}.pth"), name
+
+
+def test_crop_and_schedule_match_the_name_or_are_noted():
+    """`..._4xb2-80k_cityscapes-512x1024`: 80000 iterations, 512x1024 crops, unless a note says why not."""
+    for name, entry in MANIFEST.items():
+        iters = int(re.search(r"-(\d+)k_", name).group(1)) * 1000
+        crop = [int(v) for v in re.search(r"-(\d+)x(\d+)$", name).groups()]
+        if entry["iters"] != iters or entry["crop_size"] != crop:
+            assert "the name says" in entry["notes"], name
+
+
+def test_crop_size_and_iters_are_read_from_the_config():
+    tool = _tool()
+    for name in ("fcn_r50-d8_4xb2-40k_cityscapes-769x769", "upernet_r101_4xb4-160k_ade20k-512x512",
+                 "deeplabv3_r101-d8_4xb2-amp-80k_cityscapes-512x1024"):
+        entry = MANIFEST[name]
+        facts = tool.config_facts(CONFIG_ROOT / entry["config"])
+        assert (facts["crop_size"], facts["iters"]) == (entry["crop_size"], entry["iters"])
+    assert MANIFEST["fcn_r50-d8_4xb2-40k_cityscapes-769x769"]["crop_size"] == [769, 769]
+    assert MANIFEST["deeplabv3_r101-d8_4xb2-amp-80k_cityscapes-512x1024"]["iters"] == 40000
+
+
+def test_sha256_prefix_rejects_a_url_without_hash():
+    tool = _tool()
+    assert tool.sha256_prefix("file:///w/pspnet_20200604_192608-efe53f0d.pth") == "efe53f0d"
+    with pytest.raises(ValueError, match="sha256"):
+        tool.sha256_prefix("file:///w/pspnet_latest.pth")
+
+
+def test_misspelt_weights_host_is_corrected_with_a_note():
+    tool = _tool()
+    url, note = tool.fix_url("https://download.oz1z1penmmlab.com/mmsegmentation/v0.5/a/a_1-dba412fa.pth")
+    assert url == "https://download.openmmlab.com/mmsegmentation/v0.5/a/a_1-dba412fa.pth"
+    assert "oz1z1" in note
+    assert tool.fix_url(url) == (url, None)
+    entry = MANIFEST["pspnet_r101-d8_4xb2-80k_cityscapes-769x769"]
+    assert entry["weights"].startswith("https://download.openmmlab.com/") and "corrected" in entry["notes"]
+
+
+def test_all_published_names_of_the_five_methods_are_present():
+    names = {fact["name"] for fact in _facts() if fact["method_folder"] in METHODS}
+    assert len(names) >= 190
+    assert sorted(names - set(MANIFEST)) == []
+
+
+def test_every_published_weights_file_is_in_the_manifest_once():
+    """Duplicated names in the metafile: each weights file ends up under the config it was trained with."""
+    tool = _tool()
+    urls = [tool.fix_url(fact["weights"])[0] for fact in _facts() if fact["method_folder"] in METHODS]
+    listed = [entry["weights"] for entry in MANIFEST.values() if entry["weights"]]
+    assert sorted(listed) == sorted(set(urls))
+    by_url = {entry["weights"]: name for name, entry in MANIFEST.items() if entry["weights"]}
+    sibling = by_url[next(u for u in urls if "/pspnet_r50-d32_512x1024_80k_cityscapes/" in u)]
+    assert sibling == "pspnet_r50-d32_4xb2-80k_cityscapes-512x1024"
+    assert "pspnet_r50-d32_4xb2-80k_cityscapes-512x1024" in MANIFEST["pspnet_r50b-d32_4xb2-80k_cityscapes-512x1024"]["notes"]
+
+
+def test_manifest_is_what_the_tool_writes():
+    tool = _tool()
+    built = tool.build(_facts(), CONFIG_ROOT)
+    assert tool.render(built) == (REPO / "semseg" / "zoo.json").read_text(), "run tools/make_zoo_manifest.py"
+
+
+def test_manifest_only_lists_configs_that_exist(tmp_path):
+    """The manifest grows with the zoo: of two published models, only the one whose config exists enters."""
+    tool = _tool()
+    name = "pspnet_r50-d8_4xb2-40k_cityscapes-512x1024"
+    (tmp_path / "pspnet").mkdir()
+    (tmp_path / "pspnet" / f"{name}.py").write_text((CONFIG_ROOT / "pspnet" / f"{name}.py").read_text())
+    (tmp_path / "_base_").symlink_to(CONFIG_ROOT / "_base_")
+    fact = {"name": name, "method_folder": "pspnet", "dataset": "Cityscapes", "metrics": {"mIoU": 77.85},
+            "batch_size": 8, "architecture": ["R-50-D8", "PSPNet"], "memory_gb": 6.1,
+            "weights": "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/x/x_20200605_003338-2966598c.pth"}
+    absent = {**fact, "name": "pspnet_r101-d8_4xb2-40k_cityscapes-512x1024"}
+    built = tool.build([absent, fact], tmp_path)
+    assert list(built) == [name]
+    assert built[name]["sha256_prefix"] == "2966598c"
+    assert built[name]["crop_size"] == [512, 1024] and built[name]["iters"] == 40000
+    assert built[name]["notes"] == ""

@@ -43,6 +43,11 @@ DATA_PREPROCESSORS = {
     "SegDataPreProcessor": "semseg.models.preprocessor:SegDataPreProcessor",
 }
 
+TRANSFORMS = {
+    name: f"semseg.data.transforms:{name}"
+    for name in ("LoadImageFromFile", "LoadImageFromNDArray", "LoadAnnotations", "Resize", "PackSegInputs")
+}
+
 TABLES = {
     "backbone": BACKBONES,
     "neck": NECKS,
@@ -51,6 +56,7 @@ TABLES = {
     "sampler": SAMPLERS,
     "segmentor": SEGMENTORS,
     "data_preprocessor": DATA_PREPROCESSORS,
+    "transform": TRANSFORMS,
 }
 
 

@@ -1,0 +1,131 @@
+"""High-level API: build a model from a config (zoo name, path or dict), run it on images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from semseg.build import build
+from semseg.config import Config, load_config
+from semseg.data.transforms import Compose
+from semseg.engine.checkpoint import load_checkpoint
+from semseg.models.inference import tta_inference
+from semseg.nn import resize
+from semseg.zoo import manifest
+
+
+@dataclass
+class SegResult:
+    """A prediction at the image's original size: ``labels`` (H, W) int64 and ``logits`` (C, H, W)
+    (class probabilities instead, when test-time augmentation averaged them)."""
+
+    labels: np.ndarray
+    logits: torch.Tensor
+
+
+def init_model(
+    config: str | Path | dict | Config,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    cfg_options: dict | list[str] | None = None,
+    strict: bool = True,
+) -> torch.nn.Module:
+    """Build the segmentor a config describes, load weights (path, URL or the zoo's ``'zoo'`` shortcut),
+    and put it in eval mode on ``device``. The config is kept as ``model.cfg``.
+
+    ``checkpoint='zoo'`` loads the weights URL the manifest lists for a zoo name.
+    """
+    cfg = load_config(config, cfg_options)
+    if "model" not in cfg:
+        raise KeyError(f"config {cfg.filename or config!r} has no 'model' entry")
+    model_cfg = cfg.model.to_dict()
+    model = build("segmentor", model_cfg)
+    if checkpoint == "zoo":
+        name = Path(str(config)).stem
+        if name not in manifest():
+            raise KeyError(f"checkpoint='zoo' needs a zoo name; {config!r} is not one")
+        checkpoint = manifest()[name]["weights"]
+    if checkpoint is not None:
+        result = load_checkpoint(model, checkpoint, strict=strict)
+        classes = result.meta.get("dataset_meta", {}).get("classes") if isinstance(result.meta, dict) else None
+        if classes:
+            model.dataset_meta = {"classes": list(classes)}
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
+def _test_pipeline(cfg: Config | None, from_array: bool) -> Compose:
+    steps = None
+    if cfg is not None and "test_pipeline" in cfg:
+        steps = cfg.test_pipeline.to_dict() if hasattr(cfg.test_pipeline, "to_dict") else list(cfg.test_pipeline)
+    if steps is None:
+        steps = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]
+    steps = [dict(step) for step in steps if step["type"] != "LoadAnnotations"]
+    if from_array:
+        steps[0]["type"] = "LoadImageFromNDArray"
+    return Compose(steps)
+
+
+@torch.no_grad()
+def inference_model(
+    model: torch.nn.Module,
+    image: str | Path | np.ndarray,
+    tta: bool = False,
+    scale_ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+) -> SegResult:
+    """Run the config's test pipeline and inference on one image (path, or (H, W, 3) BGR uint8 array).
+
+    Returns the label map and logits at the image's original size. ``tta`` averages softmax outputs over
+    ``scale_ratios`` and horizontal flips.
+    """
+    from_array = isinstance(image, np.ndarray)
+    pipeline = _test_pipeline(getattr(model, "cfg", None), from_array)
+    results = {"img": image} if from_array else {"img_path": str(image)}
+    packed = pipeline(results)
+    device = next(model.parameters()).device
+    x, _ = model.data_preprocessor([packed["inputs"].to(device)])
+    height, width = packed["meta"]["img_shape"]
+    if tta:
+        scores = tta_inference(model, x, scale_ratios=scale_ratios, flip=True)
+    else:
+        scores = model.inference(x)
+    scores = scores[:, :, :height, :width]
+    ori_h, ori_w = packed["meta"]["ori_shape"]
+    scores = resize(scores, size=(ori_h, ori_w), mode="bilinear", align_corners=model.align_corners, warning=False)
+    labels = model.predict_labels(scores, probabilities=tta)[0]
+    return SegResult(labels=labels.cpu().numpy(), logits=scores[0].cpu())
+
+
+def palette_for(num_classes: int, seed: int = 0) -> np.ndarray:
+    """A fixed random color per class: (num_classes, 3) uint8 (BGR)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
+
+
+def show_result(
+    image: str | Path | np.ndarray,
+    labels: np.ndarray,
+    palette: np.ndarray | None = None,
+    opacity: float = 0.5,
+    out_file: str | Path | None = None,
+) -> np.ndarray:
+    """Blend a colored label map over the image (BGR); optionally write it to ``out_file``."""
+    if not isinstance(image, np.ndarray):
+        from semseg.data.transforms import read_image
+
+        image = read_image(image)
+    if palette is None:
+        palette = palette_for(int(labels.max()) + 1)
+    colors = np.zeros_like(image)
+    valid = labels < len(palette)
+    colors[valid] = palette[labels[valid]]
+    blended = (image * (1 - opacity) + colors * opacity).astype(np.uint8)
+    if out_file is not None:
+        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(out_file), blended):
+            raise OSError(f"could not write {out_file}")
+    return blended

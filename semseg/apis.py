@@ -59,10 +59,13 @@ def init_model(
 
 
 def _test_pipeline(cfg: Config | None, from_array: bool) -> Compose:
+    """The config's test pipeline (``test_dataloader.dataset.pipeline``, else ``test_pipeline``) without
+    annotation loading; an array input starts with LoadImageFromNDArray."""
     steps = None
-    if cfg is not None and "test_pipeline" in cfg:
-        steps = cfg.test_pipeline.to_dict() if hasattr(cfg.test_pipeline, "to_dict") else list(cfg.test_pipeline)
-    if steps is None:
+    if cfg is not None:
+        dataset = cfg.to_dict().get("test_dataloader", {}).get("dataset", {})
+        steps = dataset.get("pipeline", cfg.to_dict().get("test_pipeline"))
+    if not steps:
         steps = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]
     steps = [dict(step) for step in steps if step["type"] != "LoadAnnotations"]
     if from_array:
@@ -89,10 +92,7 @@ def inference_model(
     device = next(model.parameters()).device
     x, _ = model.data_preprocessor([packed["inputs"].to(device)])
     height, width = packed["meta"]["img_shape"]
-    if tta:
-        scores = tta_inference(model, x, scale_ratios=scale_ratios, flip=True)
-    else:
-        scores = model.inference(x)
+    scores = tta_inference(model, x, scale_ratios=scale_ratios, flip=True) if tta else model.inference(x)
     scores = scores[:, :, :height, :width]
     ori_h, ori_w = packed["meta"]["ori_shape"]
     scores = resize(scores, size=(ori_h, ori_w), mode="bilinear", align_corners=model.align_corners, warning=False)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -73,11 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    start = time.perf_counter()
-    code = args.func(args)
-    print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
-    return code
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def run_demo(work_dir: Path) -> None:
         elapsed = time.perf_counter() - start
         results[mode] = result
         classes, counts = np.unique(result.labels, return_counts=True)
-        top = ", ".join(f"{c}:{n}" for c, n in sorted(zip(classes, counts), key=lambda t: -t[1])[:5])
+        top = ", ".join(f"{c}:{n}" for c, n in sorted(zip(classes, counts, strict=True), key=lambda t: -t[1])[:5])
         print(f"{mode:5s} inference: labels {result.labels.shape}, logits {tuple(result.logits.shape)}, "
               f"{elapsed:.2f}s; top classes (class:pixels) {top}")
         show_result(image, result.labels, out_file=work_dir / f"overlay_{mode}.png")

@@ -45,9 +45,18 @@ def cross_entropy(
     ignore_index: int = -100,
     avg_non_ignore: bool = False,
 ) -> torch.Tensor:
-    """Softmax cross entropy. logits (N, C, H, W), labels (N, H, W), weight (N, H, W) per pixel."""
+    """Softmax cross entropy. logits (N, C, H, W), labels (N, H, W), weight (N, H, W) per pixel.
+
+    With ``class_weight``, ``'mean'`` divides by the summed class weights of the pixels' labels (as
+    MMSegmentation does); an ignored pixel counts 1 there, or 0 with ``avg_non_ignore`` (MMSegmentation
+    raises an IndexError on ignored pixels in that case).
+    """
     loss = F.cross_entropy(logits, labels, weight=class_weight, reduction="none", ignore_index=ignore_index)
-    if avg_factor is None and avg_non_ignore and reduction == "mean":
+    if avg_factor is None and reduction == "mean" and class_weight is not None:
+        ignored = labels == ignore_index
+        pixel_weight = class_weight[torch.where(ignored, 0, labels)]
+        avg_factor = torch.where(ignored, 0.0 if avg_non_ignore else 1.0, pixel_weight).sum()
+    elif avg_factor is None and avg_non_ignore and reduction == "mean":
         avg_factor = labels.numel() - (labels == ignore_index).sum().item()
     if weight is not None:
         weight = weight.float()

@@ -104,6 +104,7 @@ class EncoderDecoder(nn.Module):
             return (probs.squeeze(1) > self.decode_head.threshold).long()
         return scores.argmax(dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`inference` (what export and ``model(x)`` run)."""
-        return self.inference(x)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """``model(x)`` is :meth:`inference` (what export runs); ``model(x, labels)`` is :meth:`loss`
+        (so DistributedDataParallel, which synchronizes through ``forward``, can train it)."""
+        return self.inference(x) if labels is None else self.loss(x, labels)

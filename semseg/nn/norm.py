@@ -32,8 +32,9 @@ def norm_name(norm_cfg: dict) -> str:
 def build_norm(norm_cfg: dict, num_features: int) -> tuple[str, nn.Module]:
     """Build a norm layer for ``num_features`` channels; returns ``(attribute_name, layer)``.
 
-    ``SyncBN`` becomes :class:`torch.nn.SyncBatchNorm` only inside an initialized process group; on a
-    single process it is a plain BatchNorm2d with the same parameters and statistics.
+    ``SyncBN`` becomes :class:`torch.nn.SyncBatchNorm` only inside an initialized process group whose
+    backend can run it (not Gloo: SyncBatchNorm needs GPUs); otherwise it is a plain BatchNorm2d with
+    the same parameters and statistics.
     """
     cfg = dict(norm_cfg)
     norm_type = cfg.pop("type", None)
@@ -41,7 +42,7 @@ def build_norm(norm_cfg: dict, num_features: int) -> tuple[str, nn.Module]:
     family = _NORMS[norm_type][1]
     requires_grad = cfg.pop("requires_grad", True)
     if family in ("batch", "sync"):
-        sync = family == "sync" and dist.is_available() and dist.is_initialized()
+        sync = family == "sync" and dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo"
         layer_cls = nn.SyncBatchNorm if sync else nn.BatchNorm2d
         layer = layer_cls(num_features, **cfg)
     elif family == "group":

@@ -45,7 +45,9 @@ DATA_PREPROCESSORS = {
 
 TRANSFORMS = {
     name: f"semseg.data.transforms:{name}"
-    for name in ("LoadImageFromFile", "LoadImageFromNDArray", "LoadAnnotations", "Resize", "PackSegInputs")
+    for name in ("LoadImageFromFile", "LoadImageFromNDArray", "LoadAnnotations", "Resize", "RandomResize",
+                 "RandomChoiceResize", "RandomCrop", "RandomFlip", "RandomRotate", "Pad", "PhotoMetricDistortion",
+                 "GenerateEdge", "TestTimeAug", "PackSegInputs")
 }
 
 TABLES = {

@@ -1,68 +1,118 @@
-"""Data transforms over a ``results`` dict (``img`` HWC uint8 BGR, ``gt_seg_map`` HW, shapes), as the
-configs' pipelines name them. Resizing is cv2-based with MMSegmentation's rounding, so a test pipeline
-gives the same input tensor as the oracle's.
+"""Reading images and label maps from files: ``img`` (H, W, 3) uint8 BGR and ``gt_seg_map`` (H, W) uint8.
+
+Images decode with cv2. Label maps decode as MMSegmentation reads them with pillow's ``unchanged`` mode:
+a paletted PNG (Pascal VOC's ``SegmentationClass``) gives its palette indices, not its colors, and a
+1-bit grayscale PNG gives 0/1. cv2 expands palettes to colors, so a paletted PNG is decoded through a
+rewritten copy whose palette maps index i to the gray color (i, i, i).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from semseg.build import build
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-    "lanczos": cv2.INTER_LANCZOS4,
+IMREAD_FLAGS = {
+    "color": cv2.IMREAD_COLOR,
+    "grayscale": cv2.IMREAD_GRAYSCALE,
+    "unchanged": cv2.IMREAD_UNCHANGED,
+    "color_ignore_orientation": cv2.IMREAD_IGNORE_ORIENTATION | cv2.IMREAD_COLOR,
+    "grayscale_ignore_orientation": cv2.IMREAD_IGNORE_ORIENTATION | cv2.IMREAD_GRAYSCALE,
 }
 
 
-def read_image(path: str | Path, flag: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Read an image file with cv2; a missing, unreadable or truncated file raises naming the path."""
+def _read_bytes(path: str | Path) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, flag) if data.size else None
+    return path.read_bytes()
+
+
+def _decode(data: bytes, flag: int, path: str | Path) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
     if image is None:
         raise ValueError(f"cannot decode image {path} (corrupt, truncated or not an image)")
     return image
 
 
-def rescale_size(width: int, height: int, scale: Sequence[int] | float) -> tuple[int, int]:
-    """(new_width, new_height) keeping the aspect ratio: the long side fits max(scale), the short side
-    min(scale) (or a plain factor), rounded half up."""
-    if isinstance(scale, (int, float)):
-        factor = float(scale)
-    else:
-        factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(width * factor + 0.5), int(height * factor + 0.5)
+def read_image(path: str | Path, flag: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Read an image file with cv2; a missing, unreadable or truncated file raises naming the path."""
+    return _decode(_read_bytes(path), flag, path)
 
 
-def resize_image(image: np.ndarray, width: int, height: int, interpolation: str = "bilinear") -> np.ndarray:
-    """cv2 resize to (height, width) with a named interpolation."""
-    return cv2.resize(image, (width, height), interpolation=INTERPOLATIONS[interpolation])
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk of a PNG file, in order."""
+    chunks, pos = [], len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunks.append((kind, data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    return chunks
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", len(payload), kind) + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _gray_palette_png(chunks: list[tuple[bytes, bytes]], bit_depth: int) -> bytes:
+    """The PNG with its palette replaced by index i -> (i, i, i) and its ancillary chunks (transparency,
+    background, histogram, gamma) dropped, so that decoding it to color gives the indices in every channel."""
+    gray = bytes(np.repeat(np.arange(2 ** bit_depth, dtype=np.uint8), 3))
+    out = [PNG_SIGNATURE]
+    for kind, payload in chunks:
+        if kind == b"PLTE":
+            out.append(_png_chunk(b"PLTE", gray))
+        elif kind in (b"IHDR", b"IDAT", b"IEND"):
+            out.append(_png_chunk(kind, payload))
+    return b"".join(out)
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read a label map as pillow's ``unchanged`` mode does (MMSegmentation's default for annotations).
+
+    Returns (H, W) or (H, W, C) in the file's dtype. Paletted PNGs give palette indices (uint8), 1-bit
+    grayscale PNGs give 0/1; every other file decodes with ``cv2.IMREAD_UNCHANGED``.
+    """
+    data = _read_bytes(path)
+    if data.startswith(PNG_SIGNATURE):
+        chunks = _png_chunks(data)
+        if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+            raise ValueError(f"cannot decode image {path} (corrupt PNG header)")
+        bit_depth, color_type = chunks[0][1][8], chunks[0][1][9]
+        if color_type == 3:  # paletted
+            return _decode(_gray_palette_png(chunks, bit_depth), cv2.IMREAD_COLOR, path)[:, :, 0].copy()
+        if color_type == 0 and bit_depth == 1:  # cv2 expands 1-bit gray to 0/255, pillow gives 0/1
+            return (_decode(data, cv2.IMREAD_UNCHANGED, path) > 0).astype(np.uint8)
+    return _decode(data, cv2.IMREAD_UNCHANGED, path)
 
 
 class LoadImageFromFile:
-    """``results['img_path']`` -> ``img`` (H, W, 3) uint8 BGR, ``ori_shape``, ``img_shape``."""
+    """``results['img_path']`` -> ``img`` (H, W, 3) uint8 BGR (float32 with ``to_float32``), ``ori_shape``,
+    ``img_shape``. Decoding is cv2's whatever ``imdecode_backend`` says; with ``ignore_empty`` an unreadable
+    file gives ``None`` (Compose then stops and returns ``None``)."""
 
     def __init__(self, to_float32: bool = False, color_type: str = "color", imdecode_backend: str = "cv2",
                  backend_args: dict | None = None, ignore_empty: bool = False):
-        flags = {"color": cv2.IMREAD_COLOR, "grayscale": cv2.IMREAD_GRAYSCALE, "unchanged": cv2.IMREAD_UNCHANGED}
-        if color_type not in flags:
-            raise ValueError(f"color_type must be one of {sorted(flags)}, got {color_type!r}")
+        if color_type not in IMREAD_FLAGS:
+            raise ValueError(f"color_type must be one of {sorted(IMREAD_FLAGS)}, got {color_type!r}")
         self.to_float32 = to_float32
-        self.flag = flags[color_type]
+        self.flag = IMREAD_FLAGS[color_type]
+        self.ignore_empty = ignore_empty
 
-    def __call__(self, results: dict) -> dict:
-        image = read_image(results["img_path"], self.flag)
+    def __call__(self, results: dict) -> dict | None:
+        try:
+            image = read_image(results["img_path"], self.flag)
+        except (FileNotFoundError, ValueError):
+            if self.ignore_empty:
+                return None
+            raise
         if self.to_float32:
             image = image.astype(np.float32)
         results.update(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2])
@@ -70,35 +120,50 @@ class LoadImageFromFile:
 
 
 class LoadImageFromNDArray(LoadImageFromFile):
-    """``results['img']`` already holds an (H, W, 3) array; record its shapes."""
+    """``results['img']`` already holds an (H, W, 3) array; record its shapes (``img_path`` None)."""
 
     def __call__(self, results: dict) -> dict:
         image = results["img"]
         if self.to_float32:
             image = image.astype(np.float32)
-        results.update(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2])
+        results.update(img=image, img_path=None, img_shape=image.shape[:2], ori_shape=image.shape[:2])
         return results
 
 
 class LoadAnnotations:
-    """``results['seg_map_path']`` -> ``gt_seg_map`` (H, W) uint8; ``reduce_zero_label`` maps 0 to 255
-    and shifts the other labels down by one (ADE20K's convention)."""
+    """``results['seg_map_path']`` -> ``gt_seg_map`` (H, W) uint8, appended to ``seg_fields``.
+
+    ``reduce_zero_label`` (ADE20K's convention) maps 0 to 255 and v to v - 1 for the others, with 255
+    staying 255; ``None`` takes the dataset's ``results['reduce_zero_label']`` (default False), and a value
+    that contradicts the dataset's is an error. Then ``results['label_map']`` (old -> new, all at once)
+    is applied. A label map whose size differs from the image's (``ori_shape``) is an error naming both.
+    """
 
     def __init__(self, reduce_zero_label: bool | None = None, imdecode_backend: str = "pillow",
                  backend_args: dict | None = None):
         self.reduce_zero_label = reduce_zero_label
 
     def __call__(self, results: dict) -> dict:
-        label = read_image(results["seg_map_path"], cv2.IMREAD_UNCHANGED)
+        path = results["seg_map_path"]
+        label = read_label_map(path)
+        if label.ndim == 3 and label.shape[2] == 1:
+            label = label[:, :, 0]
         if label.ndim != 2:
-            raise ValueError(f"label map {results['seg_map_path']} must have one channel, got shape {label.shape}")
+            raise ValueError(f"label map {path} must have one channel, got shape {label.shape}")
+        label = label.astype(np.uint8)
+        if "ori_shape" in results and tuple(label.shape) != tuple(results["ori_shape"][:2]):
+            raise ValueError(f"label map {path} has size {label.shape[0]}x{label.shape[1]} (HxW) but its image "
+                             f"{results.get('img_path')} has size {results['ori_shape'][0]}x{results['ori_shape'][1]}")
         reduce = self.reduce_zero_label
+        dataset_reduce = results.get("reduce_zero_label")
         if reduce is None:
-            reduce = results.get("reduce_zero_label", False)
+            reduce = bool(dataset_reduce)
+        elif dataset_reduce is not None and bool(dataset_reduce) != bool(reduce):
+            raise ValueError(f"LoadAnnotations(reduce_zero_label={reduce}) contradicts the dataset's "
+                             f"reduce_zero_label={dataset_reduce}; set it on the dataset only")
         if reduce:
-            label = label.astype(np.int64)
-            label[label == 0] = 256
-            label = (label - 1).clip(0, 255).astype(np.uint8)
+            label = np.where(label == 0, 255, label - 1).astype(np.uint8)
+            label[label == 254] = 255
         if results.get("label_map"):
             mapped = label.copy()
             for old, new in results["label_map"].items():
@@ -106,71 +171,4 @@ class LoadAnnotations:
             label = mapped
         results["gt_seg_map"] = label
         results.setdefault("seg_fields", []).append("gt_seg_map")
-        return results
-
-
-class Resize:
-    """Resize to ``scale`` (w, h) or by ``scale_factor``; ``keep_ratio`` fits the image inside ``scale``.
-
-    Label maps resize with nearest neighbour. Records ``img_shape`` and ``scale_factor`` (w, h).
-    """
-
-    def __init__(self, scale: Sequence[int] | int | None = None, scale_factor: float | None = None,
-                 keep_ratio: bool = False, clip_object_border: bool = True, backend: str = "cv2",
-                 interpolation: str = "bilinear"):
-        if (scale is None) == (scale_factor is None):
-            raise ValueError("Resize needs exactly one of scale and scale_factor")
-        self.scale = (scale, scale) if isinstance(scale, int) else scale
-        self.scale_factor = scale_factor
-        self.keep_ratio = keep_ratio
-        self.interpolation = interpolation
-
-    def target_size(self, width: int, height: int, scale) -> tuple[int, int]:
-        if self.keep_ratio:
-            return rescale_size(width, height, scale)
-        if isinstance(scale, (int, float)):
-            return int(width * scale + 0.5), int(height * scale + 0.5)
-        return int(scale[0]), int(scale[1])
-
-    def __call__(self, results: dict) -> dict:
-        scale = results.get("scale", self.scale if self.scale is not None else self.scale_factor)
-        height, width = results["img"].shape[:2]
-        new_width, new_height = self.target_size(width, height, scale)
-        results["img"] = resize_image(results["img"], new_width, new_height, self.interpolation)
-        for key in results.get("seg_fields", []):
-            results[key] = resize_image(results[key], new_width, new_height, "nearest")
-        results["img_shape"] = (new_height, new_width)
-        results["scale_factor"] = (new_width / width, new_height / height)
-        results["keep_ratio"] = self.keep_ratio
-        return results
-
-
-class PackSegInputs:
-    """``img`` (H, W, C) -> ``inputs`` tensor (C, H, W); ``gt_seg_map`` -> ``gt_sem_seg`` tensor (H, W)."""
-
-    def __init__(self, meta_keys: Sequence[str] = ("img_path", "seg_map_path", "ori_shape", "img_shape",
-                                                   "pad_shape", "scale_factor", "flip", "flip_direction",
-                                                   "reduce_zero_label")):
-        self.meta_keys = tuple(meta_keys)
-
-    def __call__(self, results: dict) -> dict:
-        image = results["img"]
-        if image.ndim == 2:
-            image = image[..., None]
-        packed = {"inputs": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
-        if "gt_seg_map" in results:
-            packed["gt_sem_seg"] = torch.from_numpy(results["gt_seg_map"].astype(np.int64))
-        packed["meta"] = {key: results[key] for key in self.meta_keys if key in results}
-        return packed
-
-
-class Compose:
-    """Apply transforms built from a pipeline config list in order."""
-
-    def __init__(self, pipeline: Sequence[dict | object]):
-        self.transforms = [build("transform", step) if isinstance(step, dict) else step for step in pipeline]
-
-    def __call__(self, results: dict) -> dict:
-        for transform in self.transforms:
-            results = transform(results)
         return results

@@ -50,6 +50,25 @@ TRANSFORMS = {
                  "GenerateEdge", "TestTimeAug", "PackSegInputs")
 }
 
+DATASETS = {
+    **{name: f"semseg.data.datasets.standard:{name}"
+       for name in ("ADE20KDataset", "PascalVOCDataset", "PascalContextDataset", "PascalContextDataset59",
+                    "COCOStuffDataset", "LoveDADataset", "PotsdamDataset", "ISPRSDataset", "iSAIDDataset",
+                    "DRIVEDataset", "STAREDataset", "ChaseDB1Dataset", "HRFDataset", "MapillaryDataset_v1",
+                    "MapillaryDataset_v2", "BDD100KDataset")},
+    **{name: f"semseg.data.datasets.cityscapes:{name}"
+       for name in ("CityscapesDataset", "DarkZurichDataset", "NightDrivingDataset")},
+    "BaseSegDataset": "semseg.data.datasets.base:BaseSegDataset",
+    "SyntheticDataset": "semseg.data.datasets.synthetic:SyntheticDataset",
+    "RepeatDataset": "semseg.data.datasets.wrappers:RepeatDataset",
+    "ConcatDataset": "semseg.data.datasets.wrappers:ConcatDataset",
+}
+
+DATA_SAMPLERS = {
+    "InfiniteSampler": "semseg.data.loader:InfiniteSampler",
+    "DefaultSampler": "semseg.data.loader:DefaultSampler",
+}
+
 TABLES = {
     "backbone": BACKBONES,
     "neck": NECKS,
@@ -59,6 +78,8 @@ TABLES = {
     "segmentor": SEGMENTORS,
     "data_preprocessor": DATA_PREPROCESSORS,
     "transform": TRANSFORMS,
+    "dataset": DATASETS,
+    "data_sampler": DATA_SAMPLERS,
 }
 
 

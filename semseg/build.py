@@ -50,6 +50,24 @@ TRANSFORMS = {
                  "GenerateEdge", "TestTimeAug", "PackSegInputs")
 }
 
+# torch.optim's optimizers under their own names (mmengine registers the same ones).
+OPTIMIZERS = {
+    name: f"torch.optim:{name}"
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "ASGD", "NAdam",
+                 "RAdam")
+}
+
+OPTIM_WRAPPERS = {
+    "OptimWrapper": "semseg.engine.optim:OptimWrapper",
+    "AmpOptimWrapper": "semseg.engine.optim:AmpOptimWrapper",
+}
+
+SCHEDULERS = {
+    name: f"semseg.engine.schedulers:{name}"
+    for name in ("PolyLR", "PolyLRRatio", "LinearLR", "ConstantLR", "StepLR", "MultiStepLR", "ExponentialLR",
+                 "CosineAnnealingLR")
+}
+
 DATASETS = {
     **{name: f"semseg.data.datasets.standard:{name}"
        for name in ("ADE20KDataset", "PascalVOCDataset", "PascalContextDataset", "PascalContextDataset59",
@@ -78,6 +96,9 @@ TABLES = {
     "segmentor": SEGMENTORS,
     "data_preprocessor": DATA_PREPROCESSORS,
     "transform": TRANSFORMS,
+    "optimizer": OPTIMIZERS,
+    "optim_wrapper": OPTIM_WRAPPERS,
+    "scheduler": SCHEDULERS,
     "dataset": DATASETS,
     "data_sampler": DATA_SAMPLERS,
 }

@@ -130,3 +130,31 @@ def test_prefix_unknown_metric_and_format_table():
     assert "road" in table and "IoU" in table and "nan" in table and "50.00" in table
     with pytest.raises(KeyError, match="mBogus"):
         IoUMetric(["a"], iou_metrics=["mBogus"])
+
+
+def _all_reduce_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        metric = IoUMetric(["a", "b", "c"])
+        if rank == 0:
+            metric.process([PRED], [LABEL])
+        else:  # a second image, only on rank 1: class c is labelled and predicted right
+            metric.process([torch.tensor([[2, 2]])], [torch.tensor([[2, 0]])])
+        metric.all_reduce()
+        torch.save({"counts": metric.state_tensors(), "n": metric.num_images}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_counts_across_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_all_reduce_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    single = IoUMetric(["a", "b", "c"])
+    single.process([PRED, torch.tensor([[2, 2]])], [LABEL, torch.tensor([[2, 0]])])
+    for rank in range(2):
+        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(state["counts"], single.state_tensors())
+        assert state["n"] == 2

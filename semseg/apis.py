@@ -59,12 +59,12 @@ def init_model(
 
 
 def _test_pipeline(cfg: Config | None, from_array: bool) -> Compose:
-    """The config's test pipeline (``test_dataloader.dataset.pipeline``, else ``test_pipeline``) without
-    annotation loading; an array input starts with LoadImageFromNDArray."""
+    """The config's ``test_pipeline`` (as MMSegmentation's ``inference_model`` reads it; else the test
+    dataloader's) without annotation loading; an array input starts with LoadImageFromNDArray."""
     steps = None
     if cfg is not None:
-        dataset = cfg.to_dict().get("test_dataloader", {}).get("dataset", {})
-        steps = dataset.get("pipeline", cfg.to_dict().get("test_pipeline"))
+        plain = cfg.to_dict()
+        steps = plain.get("test_pipeline") or plain.get("test_dataloader", {}).get("dataset", {}).get("pipeline")
     if not steps:
         steps = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]
     steps = [dict(step) for step in steps if step["type"] != "LoadAnnotations"]

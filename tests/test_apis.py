@@ -13,7 +13,7 @@ import torch
 import semseg
 
 NAME = "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"  # the smallest zoo model
-SMALL = {"test_dataloader.dataset.pipeline.1.scale": (160, 80)}  # keep the test pipeline's Resize small
+SMALL = {"test_pipeline.1.scale": (160, 80), "test_dataloader.dataset.pipeline.1.scale": (160, 80)}  # keep the test pipeline's Resize small
 
 
 @pytest.fixture(scope="module")

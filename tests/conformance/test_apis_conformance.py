@@ -45,7 +45,8 @@ def models(tmp_path_factory):
         oracle.decode_head.conv_seg.weight.mul_(30)
     path = save_oracle_state_dict(oracle, tmp_path_factory.mktemp("ckpt") / f"{NAME}.pth")
     ours = semseg.init_model(NAME, checkpoint=path,
-                             cfg_options={f"test_dataloader.dataset.pipeline.{RESIZE}.scale": SCALE})
+                             cfg_options={f"test_pipeline.{RESIZE}.scale": SCALE,
+                                          f"test_dataloader.dataset.pipeline.{RESIZE}.scale": SCALE})
     return oracle, cfg, ours
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import semseg
 from semseg.build import build
+from semseg.config import Config
 from semseg.data.datasets import (
     BaseSegDataset,
     CityscapesDataset,
@@ -293,3 +296,29 @@ def test_convert_cityscapes_writes_train_ids_and_split_lists(tmp_path):
     np.testing.assert_array_equal(dataset[0]["gt_seg_map"], [[0, 13, 255], [18, 11, 255]])
     with pytest.raises(FileNotFoundError, match="gtCoarse"):
         convert_cityscapes(tmp_path, gt_dir="gtCoarse")
+
+
+# ---- the shipped dataset configs -----------------------------------------------------------------------
+
+def lazy(cfg):
+    """A dataset config with every dataset in it lazily initialized (no files needed)."""
+    cfg = dict(cfg)
+    if cfg["type"] == "ConcatDataset":
+        cfg["datasets"] = [lazy(inner) for inner in cfg["datasets"]]
+    elif cfg["type"] == "RepeatDataset":
+        cfg["dataset"] = lazy(cfg["dataset"])
+    cfg["lazy_init"] = True
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(semseg.__file__).parent / "configs/_base_/datasets")
+                                        .glob("*.py")))
+def test_shipped_dataset_configs_build(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the configs' relative data roots point into an empty folder
+    cfg = Config.fromfile(Path(semseg.__file__).parent / "configs/_base_/datasets" / f"{name}.py").to_dict()
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset_cfg = cfg[key]["dataset"]
+        dataset = build("dataset", lazy(dataset_cfg))
+        assert type(dataset).__name__ == dataset_cfg["type"]
+        with pytest.raises(FileNotFoundError, match=r"does not exist"):
+            len(dataset)  # no data in the test tree: the error names the folder

@@ -4,13 +4,17 @@ position; collate keeps differently sized images apart; build_dataloader yields 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
 
+import semseg
 from semseg.build import build
+from semseg.config import Config
 from semseg.data.loader import DefaultSampler, InfiniteSampler, build_dataloader, collate, pseudo_collate
 
 
@@ -131,3 +135,20 @@ def test_dataloader_config_errors():
         build_dataloader({"batchsize": 1, "dataset": Range(2)})
     sampler = build("data_sampler", {"type": "DefaultSampler", "shuffle": False}, dataset=Range(3))
     assert list(sampler) == [0, 1, 2]
+
+
+def test_shipped_cityscapes_train_dataloader_on_a_fixture_tree(tmp_path):
+    for i, stem in enumerate(["aachen/aachen_000000_000019", "bochum/bochum_000000_000313"]):
+        for folder, suffix, array in (("leftImg8bit", "_leftImg8bit.png", np.full((32, 64, 3), 40 * i, np.uint8)),
+                                      ("gtFine", "_gtFine_labelTrainIds.png", np.full((32, 64), i, np.uint8))):
+            path = tmp_path / folder / "train" / f"{stem}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), array)
+    cfg = Config.fromfile(Path(semseg.__file__).parent / "configs/_base_/datasets/cityscapes.py").to_dict()
+    loader_cfg = cfg["train_dataloader"]
+    loader_cfg["dataset"]["data_root"] = str(tmp_path)
+    loader_cfg["num_workers"] = 0
+    batch = next(iter(build_dataloader(loader_cfg, seed=0)))
+    assert len(batch["inputs"]) == loader_cfg["batch_size"] == 2
+    assert all(x.shape == (3, 512, 1024) for x in batch["inputs"])  # RandomResize + RandomCrop(512, 1024)
+    assert all(set(torch.unique(y).tolist()) <= {0, 1, 255} for y in batch["gt_sem_seg"])

@@ -5,6 +5,7 @@ config dict; it is built through the dataset table."""
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ def _as_dataset(dataset: Dataset | dict) -> Dataset:
 
 
 class RepeatDataset(Dataset):
-    """``dataset`` repeated ``times`` over: index i is sample ``i % len(dataset)``."""
+    """``dataset`` repeated ``times`` over: index i is sample ``i % len(dataset)``. Nothing is counted
+    before first use, so ``lazy_init`` (accepted for config compatibility) changes nothing."""
 
     def __init__(self, dataset: Dataset | dict, times: int, lazy_init: bool = False):
         if times < 1:
@@ -50,7 +52,7 @@ class RepeatDataset(Dataset):
 
 class ConcatDataset(Dataset):
     """``datasets`` one after the other. Their metainfo must agree, except the keys in ``ignore_keys``;
-    the first one's is the concatenation's."""
+    the first one's is the concatenation's. ``lazy_init`` defers counting the samples to first use."""
 
     def __init__(self, datasets: Sequence[Dataset | dict], lazy_init: bool = False,
                  ignore_keys: str | Sequence[str] | None = None):
@@ -66,11 +68,20 @@ class ConcatDataset(Dataset):
                     raise ValueError(f"ConcatDataset: dataset {i} ({type(dataset).__name__}) has a different "
                                      f"metainfo {key!r} than dataset 0; list the key in ignore_keys if intended")
         self._metainfo = first
-        self.cumulative_sizes: list[int] = []
-        total = 0
-        for dataset in self.datasets:
-            total += len(dataset)
-            self.cumulative_sizes.append(total)
+        self._cumulative_sizes: list[int] | None = None
+        if not lazy_init:
+            self.full_init()
+
+    def full_init(self) -> None:
+        """Count the samples of every dataset (which lists their files)."""
+        if self._cumulative_sizes is None:
+            self._cumulative_sizes = list(itertools.accumulate(len(dataset) for dataset in self.datasets))
+
+    @property
+    def cumulative_sizes(self) -> list[int]:
+        """The running totals of the datasets' lengths."""
+        self.full_init()
+        return self._cumulative_sizes
 
     @property
     def metainfo(self) -> dict:

@@ -152,3 +152,26 @@ def test_shipped_cityscapes_train_dataloader_on_a_fixture_tree(tmp_path):
     assert len(batch["inputs"]) == loader_cfg["batch_size"] == 2
     assert all(x.shape == (3, 512, 1024) for x in batch["inputs"])  # RandomResize + RandomCrop(512, 1024)
     assert all(set(torch.unique(y).tolist()) <= {0, 1, 255} for y in batch["gt_sem_seg"])
+
+
+def _distributed_worker(rank, world_size, init_file, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    try:
+        infinite = InfiniteSampler(Range(10))  # rank, world size and a shared random seed from the group
+        default = DefaultSampler(Range(10), seed=1)
+        result = {"seed": infinite.seed, "rank": infinite.rank, "world": infinite.world_size,
+                  "infinite": take(infinite, 5), "default": list(default)}
+        torch.save(result, f"{out_dir}/{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_samplers_under_a_real_process_group(tmp_path):
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
+    assert results[0]["seed"] == results[1]["seed"]
+    stream = take(InfiniteSampler(Range(10), seed=results[0]["seed"], rank=0, world_size=1), 10)
+    assert results[0]["infinite"] == stream[0::2] and results[1]["infinite"] == stream[1::2]
+    assert sorted(results[0]["default"] + results[1]["default"]) == list(range(10))

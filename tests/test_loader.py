@@ -15,7 +15,15 @@ from torch.utils.data import Dataset
 import semseg
 from semseg.build import build
 from semseg.config import Config
-from semseg.data.loader import DefaultSampler, InfiniteSampler, build_dataloader, collate, pseudo_collate
+from semseg.data.loader import (
+    DefaultSampler,
+    InfiniteSampler,
+    PositionSampler,
+    build_dataloader,
+    build_train_stream,
+    collate,
+    pseudo_collate,
+)
 
 
 class Range(Dataset):
@@ -50,7 +58,8 @@ def test_infinite_sampler_shards_the_global_stream():
 def test_infinite_sampler_resumes_at_its_position():
     dataset = Range(10)
     for world_size in (1, 2):
-        full = [take(InfiniteSampler(dataset, seed=11, rank=r, world_size=world_size), 20) for r in range(world_size)]
+        full = [take(InfiniteSampler(dataset, seed=11, rank=r, world_size=world_size), 20)
+                for r in range(world_size)]
         sampler = InfiniteSampler(dataset, seed=11, rank=0, world_size=world_size)
         sampler.advance(6 * world_size)  # each rank used 6 samples
         state = sampler.state_dict()
@@ -92,7 +101,8 @@ def test_collate_functions():
 
 
 SYNTHETIC = {"type": "SyntheticDataset", "num_samples": 6, "img_size": (16, 20),
-             "pipeline": [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"}, {"type": "PackSegInputs"}]}
+             "pipeline": [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"},
+                          {"type": "PackSegInputs"}]}
 
 
 def test_build_dataloader_yields_batches_and_resumes():
@@ -139,8 +149,9 @@ def test_dataloader_config_errors():
 
 def test_shipped_cityscapes_train_dataloader_on_a_fixture_tree(tmp_path):
     for i, stem in enumerate(["aachen/aachen_000000_000019", "bochum/bochum_000000_000313"]):
-        for folder, suffix, array in (("leftImg8bit", "_leftImg8bit.png", np.full((32, 64, 3), 40 * i, np.uint8)),
-                                      ("gtFine", "_gtFine_labelTrainIds.png", np.full((32, 64), i, np.uint8))):
+        for folder, suffix, array in (
+                ("leftImg8bit", "_leftImg8bit.png", np.full((32, 64, 3), 40 * i, np.uint8)),
+                ("gtFine", "_gtFine_labelTrainIds.png", np.full((32, 64), i, np.uint8))):
             path = tmp_path / folder / "train" / f"{stem}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             assert cv2.imwrite(str(path), array)
@@ -168,10 +179,64 @@ def _distributed_worker(rank, world_size, init_file, out_dir):
 
 
 def test_samplers_under_a_real_process_group(tmp_path):
-    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
+                                nprocs=2)
     results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
     assert results[0]["seed"] == results[1]["seed"]
     stream = take(InfiniteSampler(Range(10), seed=results[0]["seed"], rank=0, world_size=1), 10)
     assert results[0]["infinite"] == stream[0::2] and results[1]["infinite"] == stream[1::2]
     assert sorted(results[0]["default"] + results[1]["default"]) == list(range(10))
+
+
+AUGMENTED = {**SYNTHETIC, "pipeline": [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"},
+                                       {"type": "RandomFlip", "prob": 0.5}, {"type": "PhotoMetricDistortion"},
+                                       {"type": "PackSegInputs"}]}
+TRAIN = {"batch_size": 2, "num_workers": 0, "sampler": {"type": "InfiniteSampler", "shuffle": True},
+         "dataset": AUGMENTED}
+
+
+def flat(batches):
+    return [x for batch in batches for x in batch["inputs"]]
+
+
+def test_train_stream_resumes_with_the_same_augmentations():
+    loader, dataset = build_train_stream(TRAIN, seed=3)
+    assert dataset.metainfo["classes"][0] == "background"
+    stream = iter(loader)
+    np.random.seed(0)
+    numpy_state = np.random.get_state()[1].copy()
+    batches = [next(stream) for _ in range(5)]
+    # The caller's generator is untouched by the per-sample seeding.
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
+    resumed, _ = build_train_stream(TRAIN, seed=3, start=2 * 2)  # two iterations of batch size 2 done
+    again = list(itertools.islice(iter(resumed), 3))
+    assert all(torch.equal(a, b) for a, b in zip(flat(batches[2:]), flat(again), strict=True))
+    # Position seeding: the same sample index at two stream positions is augmented differently.
+    assert len({tuple(x.flatten()[:50].tolist()) for x in flat(batches)}) == 10
+    assert loader.state_dict()["consumed"] == 10
+
+
+def test_train_stream_does_not_depend_on_workers():
+    serial, _ = build_train_stream(TRAIN, seed=8, start=1)
+    parallel, _ = build_train_stream({**TRAIN, "num_workers": 2}, seed=8, start=1)
+    a = flat(itertools.islice(iter(serial), 3))
+    b = flat(itertools.islice(iter(parallel), 3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="InfiniteSampler"):
+        build_train_stream({**TRAIN, "sampler": {"type": "DefaultSampler"}})
+
+
+def test_position_sampler_counts_global_positions():
+    sampler = InfiniteSampler(Range(5), seed=2, rank=1, world_size=2)
+    pairs = take(PositionSampler(sampler), 3)
+    stream = take(InfiniteSampler(Range(5), seed=2, rank=0, world_size=1), 10)
+    assert pairs == [(1, stream[1]), (3, stream[3]), (5, stream[5])]
+    sampler.advance(4)
+    assert [p for p, _ in take(PositionSampler(sampler), 2)] == [5, 7]
+
+
+def test_shuffle_override():
+    cfg = {"batch_size": 1, "sampler": {"type": "DefaultSampler", "shuffle": True}, "dataset": Range(6)}
+    assert [b["idx"][0] for b in build_dataloader(cfg, seed=0, shuffle=False)] == list(range(6))
+    assert [b["idx"][0] for b in build_dataloader(cfg, seed=0)] != list(range(6))

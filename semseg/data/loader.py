@@ -10,6 +10,11 @@ Orders are ``torch.randperm`` with a generator seeded by ``seed`` (``seed + epoc
 ``load_state_dict``, so a resumed run reads the same samples as one that never stopped. A DataLoader's
 workers read ahead of training, so the position is advanced per batch *delivered* by the loader that
 ``build_dataloader`` returns, not per index drawn.
+
+``build_train_stream`` goes one step further for exact resumption: each sample's augmentation is seeded
+by its position in the global stream (not by worker RNG states, which a checkpoint cannot hold), so a run
+resumed at iteration i sees the same augmented samples as one that never stopped, whatever the number of
+workers.
 """
 
 from __future__ import annotations
@@ -185,12 +190,71 @@ def seed_worker(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
     torch.manual_seed(worker_seed)
 
 
+class PositionSampler(Sampler[tuple[int, int]]):
+    """(global stream position, index) pairs from an ``InfiniteSampler``, for ``PositionSeeded``."""
+
+    def __init__(self, sampler: InfiniteSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        first = self.sampler.consumed + self.sampler.rank
+        positions = itertools.count(first, self.sampler.world_size)
+        return zip(positions, iter(self.sampler), strict=False)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def state_dict(self) -> dict:
+        """The wrapped sampler's state."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the wrapped sampler's state."""
+        self.sampler.load_state_dict(state)
+
+
+class PositionSeeded(Dataset):
+    """Serves ``dataset[index]`` for a ``(position, index)`` key with the global generators (``random``,
+    NumPy, torch) seeded from ``(seed, position)`` during the pipeline, then restored."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    @property
+    def metainfo(self) -> dict:
+        """The wrapped dataset's metainfo."""
+        return self.dataset.metainfo
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        position, index = key
+        sample_seed = int(np.random.SeedSequence([self.seed, int(position)]).generate_state(1)[0])
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(sample_seed)
+        np.random.seed(sample_seed)
+        torch.manual_seed(sample_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+
+def _sampler_of(loader: DataLoader) -> Any:
+    sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
+    return sampler.sampler if isinstance(sampler, PositionSampler) else sampler
+
+
 class SegDataLoader(DataLoader):
     """A DataLoader that advances an ``InfiniteSampler``'s position per batch it hands out, so that
     ``state_dict`` is exact even though the workers read ahead."""
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        sampler = _sampler_of(self)
         world_size = getattr(sampler, "world_size", 1)
         for batch in super().__iter__():
             if isinstance(sampler, InfiniteSampler):
@@ -199,27 +263,35 @@ class SegDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         """The sampler's state (``{}`` for a sampler without one)."""
-        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        sampler = _sampler_of(self)
         return sampler.state_dict() if hasattr(sampler, "state_dict") else {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the sampler's state, if it keeps one."""
-        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        sampler = _sampler_of(self)
         if hasattr(sampler, "load_state_dict"):
             sampler.load_state_dict(state)
 
 
-def build_dataloader(cfg: dict, seed: int | None = None) -> SegDataLoader:
+def build_dataloader(cfg: dict, seed: int | None = None, shuffle: bool | None = None) -> SegDataLoader:
     """A DataLoader from a config's ``train_dataloader`` / ``val_dataloader`` dict.
 
     Keys: ``dataset`` (a dataset config or object), ``sampler`` (``dict(type='InfiniteSampler' |
     'DefaultSampler', shuffle=...)``), ``batch_size``, ``num_workers``, ``persistent_workers``,
     ``pin_memory``, ``drop_last``, ``collate_fn`` (``dict(type='pseudo_collate' | 'default_collate')``,
-    default pseudo_collate). ``seed`` seeds the sampler (unless it names its own) and the workers.
+    default pseudo_collate). ``seed`` seeds the sampler (unless it names its own) and the workers;
+    ``shuffle``, when given, overrides the sampler's.
     """
+    loader, _ = _build(cfg, seed, shuffle)
+    return loader
+
+
+def _build(cfg: dict, seed: int | None, shuffle: bool | None,
+           start: int | None = None) -> tuple[SegDataLoader, Any]:
+    """The loader and the dataset it reads; ``start`` makes a position-seeded stream (build_train_stream)."""
     cfg = dict(cfg)
-    known = {"dataset", "sampler", "batch_size", "num_workers", "persistent_workers", "pin_memory", "drop_last",
-             "collate_fn", "prefetch_factor", "batch_sampler"}
+    known = {"dataset", "sampler", "batch_size", "num_workers", "persistent_workers", "pin_memory",
+             "drop_last", "collate_fn", "prefetch_factor", "batch_sampler"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise KeyError(f"unknown dataloader keys {unknown} (known: {', '.join(sorted(known))})")
@@ -230,7 +302,18 @@ def build_dataloader(cfg: dict, seed: int | None = None) -> SegDataLoader:
         dataset = build("dataset", dataset)
     sampler_cfg = dict(cfg.get("sampler") or {"type": "DefaultSampler", "shuffle": False})
     sampler_cfg.setdefault("seed", seed)
+    if shuffle is not None:
+        sampler_cfg["shuffle"] = shuffle
     sampler = build("data_sampler", sampler_cfg, dataset=dataset)
+    worker_seed = seed if seed is not None else sampler.seed
+    served: Dataset = dataset
+    if start is not None:
+        if not isinstance(sampler, InfiniteSampler):
+            raise ValueError("a training stream needs an InfiniteSampler, the config has "
+                             f"{sampler_cfg['type']}")
+        sampler.consumed = int(start) * sampler.world_size
+        served = PositionSeeded(dataset, sampler.seed)
+        sampler = PositionSampler(sampler)
     collate_cfg = cfg.get("collate_fn") or {"type": "pseudo_collate"}
     collate_name = collate_cfg["type"] if isinstance(collate_cfg, dict) else collate_cfg
     if collate_name not in COLLATE_FUNCTIONS:
@@ -238,12 +321,11 @@ def build_dataloader(cfg: dict, seed: int | None = None) -> SegDataLoader:
 
     num_workers = int(cfg.get("num_workers", 0))
     rank, _ = dist_info()
-    worker_seed = seed if seed is not None else getattr(sampler, "seed", None)
     init_fn = partial(seed_worker, num_workers=num_workers, rank=rank, seed=worker_seed) \
-        if num_workers > 0 and worker_seed is not None else None
-    extra = {"prefetch_factor": cfg["prefetch_factor"]} if num_workers > 0 and "prefetch_factor" in cfg else {}
-    return SegDataLoader(
-        dataset,
+        if num_workers else None
+    extra = {"prefetch_factor": cfg["prefetch_factor"]} if num_workers and "prefetch_factor" in cfg else {}
+    loader = SegDataLoader(
+        served,
         batch_size=int(cfg.get("batch_size", 1)),
         sampler=sampler,
         num_workers=num_workers,
@@ -254,3 +336,16 @@ def build_dataloader(cfg: dict, seed: int | None = None) -> SegDataLoader:
         worker_init_fn=init_fn,
         **extra,
     )
+    return loader, dataset
+
+
+def build_train_stream(cfg: dict, seed: int | None = None, start: int = 0) -> tuple[SegDataLoader, Any]:
+    """The endless training loader of a ``train_dataloader`` config (its sampler must be an
+    ``InfiniteSampler``) and the dataset it reads.
+
+    ``start``: samples this rank has already consumed (iterations done x ``batch_size``); the stream
+    continues there. Each sample's pipeline runs with Python's, NumPy's and torch's global generators
+    seeded from ``(seed, position in the global stream)``, so augmentations do not depend on workers or
+    on where a run was resumed.
+    """
+    return _build(cfg, seed, None, start=start)

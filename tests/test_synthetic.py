@@ -72,7 +72,8 @@ def test_training_pipeline_runs_on_synthetic_samples():
     pipeline = [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"},
                 {"type": "RandomResize", "scale": (64, 32), "ratio_range": (0.5, 2.0), "keep_ratio": True},
                 {"type": "RandomCrop", "crop_size": (24, 24), "cat_max_ratio": 0.75},
-                {"type": "RandomFlip", "prob": 0.5}, {"type": "PhotoMetricDistortion"}, {"type": "PackSegInputs"}]
+                {"type": "RandomFlip", "prob": 0.5}, {"type": "PhotoMetricDistortion"},
+                {"type": "PackSegInputs"}]
     dataset = SyntheticDataset(num_samples=4, img_size=(32, 32), pipeline=pipeline)
     sample = dataset[0]
     assert sample["inputs"].shape == (3, 24, 24) and sample["gt_sem_seg"].shape == (24, 24)
@@ -85,7 +86,8 @@ def test_written_folder_dataset_reads_back_identical_arrays(tmp_path):
     assert sorted(p.name for p in (root / "img_dir" / "val").iterdir()) == ["00000.png", "00001.png"]
     for split, count in (("train", 3), ("val", 2)):
         folder = BaseSegDataset(data_root=root, img_suffix=".png", pipeline=FILE_PIPELINE,
-                                data_prefix={"img_path": f"img_dir/{split}", "seg_map_path": f"ann_dir/{split}"},
+                                data_prefix={"img_path": f"img_dir/{split}",
+                                             "seg_map_path": f"ann_dir/{split}"},
                                 metainfo={"classes": str(root / "classes.txt")})
         memory = SyntheticDataset(num_samples=count, img_size=(24, 30), num_classes=4, seed=5, split=split,
                                   pipeline=FILE_PIPELINE)

@@ -161,7 +161,8 @@ class BaseSegDataset(Dataset):
             return None
         unknown = [c for c in new_classes if c not in old_classes]
         if unknown:
-            raise ValueError(f"{cls.__name__}: classes {unknown} are not among its classes {list(old_classes)}")
+            raise ValueError(f"{cls.__name__}: classes {unknown} are not among its classes "
+                             f"{list(old_classes)}")
         new_classes = list(new_classes)
         return {i: new_classes.index(c) if c in new_classes else 255 for i, c in enumerate(old_classes)}
 
@@ -236,7 +237,8 @@ class BaseSegDataset(Dataset):
         else:
             found = scan_files(img_dir, self.img_suffix)
             if not found:
-                raise FileNotFoundError(f"{name}: no images ending in {self.img_suffix!r} found under {img_dir!r}")
+                raise FileNotFoundError(f"{name}: no images ending in {self.img_suffix!r} found under "
+                                        f"{img_dir!r}")
             stems = [path[: len(path) - len(self.img_suffix)] for path in found]
         data_list = [
             self._sample(os.path.join(img_dir, stem + self.img_suffix),

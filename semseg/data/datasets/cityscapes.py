@@ -1,9 +1,10 @@
 """Cityscapes (and the night-time test sets scored with its classes) and the label converter.
 
 Layout: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` with
-``gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png``. The official release holds ``*_gtFine_labelIds.png``
-and ``*_gtFine_polygons.json``; ``convert_cityscapes`` writes the ``*_labelTrainIds.png`` maps (the 19 train
-classes 0..18, 255 for the rest) and ``<split>.txt`` lists of stems beside them::
+``gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png``. The official release holds
+``*_gtFine_labelIds.png`` and ``*_gtFine_polygons.json``; ``convert_cityscapes`` writes the
+``*_labelTrainIds.png`` maps (the 19 train classes 0..18, 255 for the rest) and ``<split>.txt`` lists of
+stems beside them::
 
     python -m semseg.data.datasets.cityscapes data/cityscapes
 """
@@ -32,8 +33,8 @@ class CityscapesDataset(BaseSegDataset):
 
 
 class DarkZurichDataset(CityscapesDataset):
-    """Dark Zurich night images (``rgb_anon/val/night/<seq>/*_rgb_anon.png``, ``gt/.../*_gt_labelTrainIds.png``)
-    scored with Cityscapes' classes."""
+    """Dark Zurich night images (``rgb_anon/val/night/<seq>/*_rgb_anon.png``,
+    ``gt/.../*_gt_labelTrainIds.png``) scored with Cityscapes' classes."""
 
     IMG_SUFFIX = "_rgb_anon.png"
     SEG_MAP_SUFFIX = "_gt_labelTrainIds.png"
@@ -52,8 +53,9 @@ LABELS: dict[str, tuple[int, int]] = {
     "unlabeled": (0, 255), "ego vehicle": (1, 255), "rectification border": (2, 255), "out of roi": (3, 255),
     "static": (4, 255), "dynamic": (5, 255), "ground": (6, 255), "road": (7, 0), "sidewalk": (8, 1),
     "parking": (9, 255), "rail track": (10, 255), "building": (11, 2), "wall": (12, 3), "fence": (13, 4),
-    "guard rail": (14, 255), "bridge": (15, 255), "tunnel": (16, 255), "pole": (17, 5), "polegroup": (18, 255),
-    "traffic light": (19, 6), "traffic sign": (20, 7), "vegetation": (21, 8), "terrain": (22, 9),
+    "guard rail": (14, 255), "bridge": (15, 255), "tunnel": (16, 255), "pole": (17, 5),
+    "polegroup": (18, 255), "traffic light": (19, 6), "traffic sign": (20, 7), "vegetation": (21, 8),
+    "terrain": (22, 9),
     "sky": (23, 10), "person": (24, 11), "rider": (25, 12), "car": (26, 13), "truck": (27, 14),
     "bus": (28, 15), "caravan": (29, 255), "trailer": (30, 255), "train": (31, 16), "motorcycle": (32, 17),
     "bicycle": (33, 18), "license plate": (-1, -1),
@@ -108,7 +110,8 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def convert_cityscapes(data_root: str | os.PathLike, gt_dir: str = "gtFine", source: str = "auto",
-                       splits: Sequence[str] = ("train", "val", "test"), overwrite: bool = False) -> list[Path]:
+                       splits: Sequence[str] = ("train", "val", "test"),
+                       overwrite: bool = False) -> list[Path]:
     """Write ``*_labelTrainIds.png`` beside every ``gt_dir`` annotation and ``<data_root>/<split>.txt``.
 
     ``source``: ``labelIds`` maps the official ``*_labelIds.png`` (exactly the official train ids),
@@ -121,7 +124,8 @@ def convert_cityscapes(data_root: str | os.PathLike, gt_dir: str = "gtFine", sou
     gt_root = root / gt_dir
     if not gt_root.is_dir():
         raise FileNotFoundError(f"Cityscapes annotation folder {gt_root} does not exist "
-                                f"(expected {gt_dir}/<split>/<city>/*_{gt_dir}_polygons.json or *_labelIds.png)")
+                                f"(expected {gt_dir}/<split>/<city>/*_{gt_dir}_polygons.json "
+                                "or *_labelIds.png)")
     stems = {p[: -len("_polygons.json")] for p in scan_files(str(gt_root), "_polygons.json")}
     id_stems = {p[: -len("_labelIds.png")] for p in scan_files(str(gt_root), "_labelIds.png")}
     if source == "labelIds":

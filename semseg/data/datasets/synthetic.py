@@ -88,7 +88,7 @@ def generate_sample(index: int, img_size: int | Sequence[int] = (64, 64), num_cl
     """Sample ``index`` of a split: (H, W, 3) uint8 BGR image and (H, W) uint8 labels in 0..num_classes-1."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    height, width = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    height, width = (img_size, img_size) if isinstance(img_size, int) else map(int, img_size)
     rng = np.random.default_rng([seed, SPLITS[split], index])
     colors = class_colors(num_classes)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -157,7 +157,8 @@ class SyntheticDataset(Dataset):
         idx %= self.num_samples
         image, label = generate_sample(idx, self.img_size, self.num_classes, self.seed, self.split)
         return {"img": image, "gt_seg_map": label, "img_shape": image.shape[:2], "ori_shape": image.shape[:2],
-                "seg_fields": ["gt_seg_map"], "label_map": None, "reduce_zero_label": False, "sample_idx": idx}
+                "seg_fields": ["gt_seg_map"], "label_map": None, "reduce_zero_label": False,
+                "sample_idx": idx}
 
     def __getitem__(self, idx: int) -> Any:
         data = self.pipeline(self.get_data_info(idx))
@@ -186,5 +187,6 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int = 32, num_va
             for path, array in ((img_dir / f"{idx:05d}.png", image), (ann_dir / f"{idx:05d}.png", label)):
                 if not cv2.imwrite(str(path), array):
                     raise OSError(f"cannot write {path}")
-    (root / "classes.txt").write_text("".join(name + "\n" for name in synthetic_metainfo(num_classes)["classes"]))
+    names = synthetic_metainfo(num_classes)["classes"]
+    (root / "classes.txt").write_text("".join(name + "\n" for name in names))
     return root

@@ -66,7 +66,8 @@ class ConcatDataset(Dataset):
             for key in (set(first) | set(other)) - ignore:
                 if first.get(key) != other.get(key):
                     raise ValueError(f"ConcatDataset: dataset {i} ({type(dataset).__name__}) has a different "
-                                     f"metainfo {key!r} than dataset 0; list the key in ignore_keys if intended")
+                                     f"metainfo {key!r} than dataset 0; list the key in ignore_keys if "
+                                     "intended")
         self._metainfo = first
         self._cumulative_sizes: list[int] | None = None
         if not lazy_init:

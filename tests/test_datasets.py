@@ -3,6 +3,7 @@ conventions, split files, wrappers, errors that name the path; and the Cityscape
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -328,3 +329,17 @@ def test_shipped_dataset_configs_build(name, tmp_path, monkeypatch):
         assert type(dataset).__name__ == dataset_cfg["type"]
         with pytest.raises(FileNotFoundError, match=r"does not exist"):
             len(dataset)  # no data in the test tree: the error names the folder
+
+
+def test_convert_cityscapes_command_line(tmp_path, capsys):
+    path = Path(__file__).parents[1] / "tools" / "convert_cityscapes.py"
+    spec = importlib.util.spec_from_file_location("convert_cityscapes_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    write_label(tmp_path / "gtFine/val/x/x_000000_000001_gtFine_labelIds.png", [[26, 0]])
+    tool.main([str(tmp_path), "--source", "labelIds"])
+    assert "wrote 1 label maps" in capsys.readouterr().out
+    out = cv2.imread(str(tmp_path / "gtFine/val/x/x_000000_000001_gtFine_labelTrainIds.png"),
+                     cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(out, [[13, 255]])
+    assert (tmp_path / "val.txt").read_text() == "x/x_000000_000001\n"

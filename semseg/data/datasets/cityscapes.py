@@ -6,12 +6,11 @@ Layout: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` with
 ``*_labelTrainIds.png`` maps (the 19 train classes 0..18, 255 for the rest) and ``<split>.txt`` lists of
 stems beside them::
 
-    python -m semseg.data.datasets.cityscapes data/cityscapes
+    python tools/convert_cityscapes.py data/cityscapes
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -158,18 +157,3 @@ def convert_cityscapes(data_root: str | os.PathLike, gt_dir: str = "gtFine", sou
             (root / f"{split}.txt").write_text("".join(line + "\n" for line in lines))
     return written
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m semseg.data.datasets.cityscapes DATA_ROOT [--gt-dir gtFine] ...``."""
-    parser = argparse.ArgumentParser(description="Write Cityscapes *_labelTrainIds.png maps and split lists")
-    parser.add_argument("data_root", help="the folder holding leftImg8bit/ and gtFine/")
-    parser.add_argument("--gt-dir", default="gtFine")
-    parser.add_argument("--source", default="auto", choices=("auto", "labelIds", "polygons"))
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    written = convert_cityscapes(args.data_root, args.gt_dir, args.source, overwrite=args.overwrite)
-    print(f"wrote {len(written)} label maps under {Path(args.data_root) / args.gt_dir}")
-
-
-if __name__ == "__main__":
-    main()

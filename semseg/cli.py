@@ -38,6 +38,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from semseg.config import load_config
+    from semseg.engine.trainer import Trainer
+
+    cfg = load_config(args.config, args.cfg_options)
+    work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(str(args.config)).stem)
+    resume = args.resume_from or args.resume
+    Trainer(cfg, work_dir, resume=resume, amp=args.amp, device=args.device).train()
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from semseg.engine.testing import run_test
+
+    scores = run_test(args.config, args.checkpoint, cfg_options=args.cfg_options, tta=args.tta,
+                      show_dir=args.show_dir, out_dir=args.out, device=args.device, work_dir=args.work_dir)
+    return 0 if scores is not None else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from semseg.demo import run_demo
 
@@ -62,6 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
     predict.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
     predict.set_defaults(func=_cmd_predict)
+
+    train = commands.add_parser("train", help="train the model a config (or zoo name) describes")
+    train.add_argument("config")
+    train.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
+    train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    train.add_argument("--resume-from", default=None, help="resume from this checkpoint")
+    train.add_argument("--amp", action="store_true", help="mixed precision (float16 on GPUs, bfloat16 on CPUs)")
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
+    train.set_defaults(func=_cmd_train)
+
+    test = commands.add_parser("test", help="evaluate a checkpoint on the config's test set (mIoU, mAcc, aAcc)")
+    test.add_argument("config")
+    test.add_argument("checkpoint")
+    test.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
+    test.add_argument("--show-dir", default=None, help="write colored overlays here")
+    test.add_argument("--out", default=None, help="write label PNGs here (Cityscapes: labelIds for the server)")
+    test.add_argument("--work-dir", default=None, help="write the metrics log here")
+    test.add_argument("--device", default=None)
+    test.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
+    test.set_defaults(func=_cmd_test)
 
     demo = commands.add_parser("demo", help="build a zoo model, save and reload it, run whole and slide inference")
     demo.add_argument("--work-dir", default="work_dirs/demo")

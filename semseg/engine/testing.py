@@ -1,0 +1,59 @@
+"""``semseg test``: score a checkpoint on the config's test set, optionally writing predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from semseg.apis import init_model, show_result
+from semseg.engine import distributed
+from semseg.engine.evaluate import build_eval_loader, evaluate
+from semseg.engine.trainer import build_metric
+from semseg.evaluation import format_table
+
+
+def _writer(dataset, show_dir: str | None, out_dir: str | None):
+    """A callback that saves each prediction as a label PNG and/or a colored overlay."""
+    metainfo = getattr(dataset, "metainfo", {}) or {}
+    palette = metainfo.get("palette")
+    palette = np.asarray(palette, dtype=np.uint8)[:, ::-1] if palette is not None else None  # RGB -> BGR
+    to_label_ids = getattr(dataset, "train_id_to_label_id", None)
+
+    def write(meta: dict, labels: torch.Tensor) -> None:
+        stem = Path(meta.get("img_path", "image")).stem
+        array = labels.numpy()
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            out = to_label_ids(array) if to_label_ids is not None else array
+            cv2.imwrite(str(Path(out_dir) / f"{stem}.png"), out.astype(np.uint8))
+        if show_dir is not None and "img_path" in meta:
+            show_result(meta["img_path"], array, palette=palette, out_file=Path(show_dir) / f"{stem}.png")
+
+    return write
+
+
+def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: str | None = None,
+             out_dir: str | None = None, device: str | None = None, work_dir: str | None = None) -> dict:
+    """Evaluate ``checkpoint`` with ``config``'s ``test_dataloader`` and ``test_evaluator``; print and
+    return the metrics (with ``work_dir``, also write them to ``<work_dir>/test_metrics.json``)."""
+    _, _, chosen = distributed.init_distributed(device)
+    model = init_model(config, checkpoint, device=chosen, cfg_options=cfg_options)
+    cfg = model.cfg
+    if not cfg.get("test_dataloader"):
+        raise KeyError(f"config {cfg.filename or config!r} has no test_dataloader")
+    loader = build_eval_loader(cfg.test_dataloader.to_dict())
+    metric = build_metric(cfg.get("test_evaluator"), loader.dataset)
+    callback = _writer(loader.dataset, show_dir, out_dir) if (show_dir or out_dir) else None
+    scores = evaluate(model, loader, metric, chosen, tta=tta, on_prediction=callback)
+    if distributed.is_main_process():
+        print(format_table(scores["per_class"]))
+        summary = {k: v for k, v in scores.items() if k != "per_class"}
+        print("  ".join(f"{k}: {v:.2f}" for k, v in summary.items()))
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+            (Path(work_dir) / "test_metrics.json").write_text(json.dumps(summary, indent=2))
+    return scores

@@ -1,0 +1,291 @@
+"""Iteration-based training as an MMSegmentation 1.x config describes it.
+
+One ``Trainer`` runs on one process or, under ``torchrun``, on many (DDP; rank 0 logs and saves).
+Resuming is exact: the checkpoint holds model, optimizer, schedulers, AMP scaler, iteration, the
+position in the sample stream and the RNG states, and each sample's augmentation is seeded by its
+position in the stream, so a resumed run ends with the same weights as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from semseg.build import build
+from semseg.config import Config
+from semseg.data.loader import build_train_stream
+from semseg.engine import distributed
+from semseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from semseg.engine.evaluate import build_eval_loader, evaluate
+from semseg.engine.logging import Progress, RunLogger, memory_mb
+from semseg.engine.optim import build_optim_wrapper
+from semseg.engine.pretrained import load_pretrained_backbone, pretrained_source
+from semseg.engine.schedulers import build_schedulers
+from semseg.evaluation import IoUMetric, format_table
+
+CHECKPOINT_PATTERN = re.compile(r"iter_(\d+)\.pth$")
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain containers (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The checkpoint ``last_checkpoint`` points to, else the highest ``iter_N.pth``."""
+    pointer = work_dir / "last_checkpoint"
+    if pointer.is_file():
+        path = Path(pointer.read_text().strip())
+        if path.is_file():
+            return path
+    found = [(int(m.group(1)), p) for p in work_dir.glob("iter_*.pth") if (m := CHECKPOINT_PATTERN.search(p.name))]
+    return max(found)[1] if found else None
+
+
+class Trainer:
+    """Train (and validate) the model of ``cfg`` in ``work_dir``.
+
+    Args:
+        cfg: the resolved config (``model``, ``train_dataloader``, ``optim_wrapper``, ``param_scheduler``,
+            ``train_cfg``, ``default_hooks``, ``randomness``, ``load_from``, ``resume``, ...).
+        work_dir: where checkpoints, logs and the dumped config go.
+        resume: ``True`` resumes from the latest checkpoint in ``work_dir`` (if any); a path resumes
+            from that checkpoint.
+        amp: mixed precision (float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs).
+    """
+
+    def __init__(self, cfg: Config, work_dir: str | Path, resume: bool | str | Path = False, amp: bool = False,
+                 device: str | None = None):
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.resume = resume if resume is not False else cfg.get("resume", False)
+        self.amp = amp
+        self.rank, self.world_size, self.device = distributed.init_distributed(device)
+        self.is_main = self.rank == 0
+        self.logger = RunLogger(self.work_dir, enabled=self.is_main)
+
+        randomness = cfg.get("randomness") or {}
+        seed = randomness.get("seed")
+        if seed is None:
+            seed = distributed.broadcast_object(int(np.random.SeedSequence().entropy % 2**31))
+        self.seed = int(seed)
+        seed_everything(self.seed + (self.rank if randomness.get("diff_rank_seed") else 0),
+                        randomness.get("deterministic", False))
+
+        train_cfg = cfg.get("train_cfg") or {}
+        if train_cfg.get("type", "IterBasedTrainLoop") != "IterBasedTrainLoop":
+            raise NotImplementedError(f"train_cfg type {train_cfg.get('type')!r}: only IterBasedTrainLoop is supported")
+        self.max_iters = int(train_cfg["max_iters"])
+        self.val_interval = int(train_cfg.get("val_interval", self.max_iters))
+        hooks = cfg.get("default_hooks") or {}
+        checkpoint_hook = hooks.get("checkpoint") or {}
+        self.checkpoint_interval = int(checkpoint_hook.get("interval", self.max_iters))
+        self.max_keep_ckpts = int(checkpoint_hook.get("max_keep_ckpts", -1))
+        self.save_best = checkpoint_hook.get("save_best")
+        self.log_interval = int((hooks.get("logger") or {}).get("interval", 50))
+
+        model_cfg = cfg.model.to_dict()
+        self.model = build("segmentor", model_cfg).to(self.device)
+        self.module = self.model
+        if self.world_size > 1:
+            self.model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.get("find_unused_parameters", False),
+            )
+
+        optim_cfg = cfg.optim_wrapper.to_dict()
+        if amp:
+            optim_cfg["type"] = "AmpOptimWrapper"
+            optim_cfg.setdefault("dtype", "float16" if self.device.type == "cuda" else "bfloat16")
+        self.optim_wrapper = build_optim_wrapper(self.module, optim_cfg)
+        scheduler_cfg = cfg.get("param_scheduler") or []
+        self.schedulers = build_schedulers(
+            scheduler_cfg.to_dict() if hasattr(scheduler_cfg, "to_dict") else scheduler_cfg,
+            self.optim_wrapper, self.max_iters)
+
+        self.iter = 0
+        self.best_score: float | None = None
+        self.best_path: Path | None = None
+        self.last_good: Path | None = None
+
+    # ----------------------------------------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {
+            "meta": {"iter": self.iter, "seed": self.seed, "best_score": self.best_score,
+                     "best_path": str(self.best_path) if self.best_path else None,
+                     "dataset_meta": getattr(self, "dataset_meta", None)},
+            "state_dict": self.module.state_dict(),
+            "optimizer": self.optim_wrapper.state_dict(),
+            "param_schedulers": self.schedulers.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def load_state(self, path: Path) -> None:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        self.module.load_state_dict(checkpoint["state_dict"])
+        self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
+        self.schedulers.load_state_dict(checkpoint["param_schedulers"])
+        meta = checkpoint["meta"]
+        self.iter = int(meta["iter"])
+        self.seed = int(meta["seed"])
+        self.best_score = meta.get("best_score")
+        self.best_path = Path(meta["best_path"]) if meta.get("best_path") else None
+        set_rng_state(checkpoint["rng"])
+        self.last_good = path
+
+    def save(self) -> Path:
+        """Write ``iter_N.pth`` atomically, point ``last_checkpoint`` at it, drop the oldest beyond
+        ``max_keep_ckpts``."""
+        path = self.work_dir / f"iter_{self.iter}.pth"
+        if self.is_main:
+            save_checkpoint(self.state(), path)
+            tmp = self.work_dir / "last_checkpoint.tmp"
+            tmp.write_text(str(path.resolve()))
+            tmp.replace(self.work_dir / "last_checkpoint")
+            if self.max_keep_ckpts > 0:
+                found = sorted((int(m.group(1)), p) for p in self.work_dir.glob("iter_*.pth")
+                               if (m := CHECKPOINT_PATTERN.search(p.name)))
+                for _, old in found[:-self.max_keep_ckpts]:
+                    old.unlink(missing_ok=True)
+        distributed.barrier()
+        self.last_good = path
+        return path
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def _start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.cfg.dump(self.work_dir / (Path(self.cfg.filename).name if self.cfg.filename else "config.py"))
+        resume_from = None
+        if self.resume:
+            resume_from = latest_checkpoint(self.work_dir) if self.resume is True else Path(self.resume)
+            if self.resume is not True and not resume_from.is_file():
+                raise FileNotFoundError(f"--resume-from {resume_from}: no such checkpoint")
+        if resume_from is not None:
+            self.load_state(resume_from)
+            self.logger.info(f"resumed from {resume_from} at iteration {self.iter}")
+        elif self.cfg.get("load_from"):
+            load_checkpoint(self.module, self.cfg.load_from, strict=False)
+            self.logger.info(f"loaded weights from {self.cfg.load_from}")
+        elif source := pretrained_source(self.cfg.model.to_dict()):
+            load_pretrained_backbone(self.module.backbone, source)
+            self.logger.info(f"loaded pretrained backbone weights {source}")
+
+    def train(self) -> torch.nn.Module:
+        """Run until ``max_iters``; returns the (unwrapped) model."""
+        self._start()
+        dataloader_cfg = self.cfg.train_dataloader.to_dict()
+        loader, dataset = build_train_stream(dataloader_cfg, seed=self.seed, start=self.iter * dataloader_cfg["batch_size"])
+        self.dataset_meta = getattr(dataset, "metainfo", None)
+        batches = iter(loader)
+        self.optim_wrapper.initialize_count_status(self.iter, self.max_iters)
+        progress = Progress(self.iter, self.max_iters)
+        self.logger.info(f"training {self.max_iters} iterations on {self.world_size} process(es), device {self.device}")
+        self.model.train()
+        while self.iter < self.max_iters:
+            batch = next(batches)
+            progress.mark_data()
+            inputs, labels = self.module.data_preprocessor(
+                [image.to(self.device) for image in batch["inputs"]],
+                [label.to(self.device) for label in batch["gt_sem_seg"]], training=True)
+            with self.optim_wrapper.optim_context(self.model):
+                losses = self.model(inputs, labels)
+            loss = sum(value for key, value in losses.items() if "loss" in key)
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
+                raise FloatingPointError(f"loss became {loss.item()} at iteration {self.iter + 1} ({terms}); "
+                                         f"training stopped{kept}")
+            self.optim_wrapper.update_params(loss)
+            self.schedulers.step()
+            self.iter += 1
+            progress.mark_iter()
+            if self.iter % self.log_interval == 0 or self.iter == self.max_iters:
+                self._log_train(losses, progress)
+            if self.iter % self.checkpoint_interval == 0 or self.iter == self.max_iters:
+                self.save()
+            if self.iter % self.val_interval == 0 or self.iter == self.max_iters:
+                self.validate()
+        self.logger.close()
+        return self.module
+
+    def _log_train(self, losses: dict, progress: Progress) -> None:
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        lr = self.optim_wrapper.get_lr()["lr"][0]
+        record = {"lr": lr, **values, "time": progress.time_per_iter, "data_time": progress.data_time,
+                  "memory": memory_mb(self.device)}
+        self.logger.record("train", self.iter, record)
+        terms = "  ".join(f"{k}: {v:.4f}" for k, v in values.items())
+        self.logger.info(f"Iter(train) [{self.iter:>{len(str(self.max_iters))}}/{self.max_iters}]  lr: {lr:.4e}  "
+                         f"eta: {progress.eta}  time: {progress.time_per_iter:.3f}  "
+                         f"data_time: {progress.data_time:.3f}  memory: {record['memory']}  {terms}")
+
+    def validate(self) -> dict | None:
+        """Score the val set (if the config has one); keep the best checkpoint by ``save_best``."""
+        if not self.cfg.get("val_dataloader"):
+            return None
+        loader = build_eval_loader(self.cfg.val_dataloader.to_dict(), seed=self.seed)
+        metric = build_metric(self.cfg.get("val_evaluator"), loader.dataset)
+        scores = evaluate(self.module, loader, metric, self.device)
+        summary = {k: v for k, v in scores.items() if k != "per_class"}
+        self.logger.record("val", self.iter, summary)
+        self.logger.info("per class results:\n" + format_table(scores["per_class"]))
+        self.logger.info(f"Iter(val) [{self.iter}]  " + "  ".join(f"{k}: {v:.2f}" for k, v in summary.items()))
+        if self.save_best:
+            key = self.save_best if self.save_best != "auto" else "mIoU"
+            score = summary.get(key)
+            if score is not None and (self.best_score is None or score > self.best_score):
+                self.best_score = score
+                if self.is_main:
+                    if self.best_path is not None:
+                        self.best_path.unlink(missing_ok=True)
+                    self.best_path = self.work_dir / f"best_{key}_iter_{self.iter}.pth"
+                    save_checkpoint(self.state(), self.best_path)
+                self.logger.info(f"best {key} {score:.2f} at iteration {self.iter}")
+        self.model.train()
+        return scores
+
+
+def build_metric(evaluator_cfg, dataset) -> IoUMetric:
+    """The config's ``val_evaluator`` (IoUMetric) with the dataset's class names."""
+    cfg = dict(evaluator_cfg.to_dict() if hasattr(evaluator_cfg, "to_dict") else (evaluator_cfg or {"type": "IoUMetric"}))
+    metric_type = cfg.pop("type", "IoUMetric")
+    if metric_type != "IoUMetric":
+        raise NotImplementedError(f"evaluator type {metric_type!r}: only IoUMetric is supported")
+    classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+    return IoUMetric(class_names=classes, **cfg)

@@ -220,6 +220,7 @@ class Trainer:
         while self.iter < self.max_iters:
             batch = next(batches)
             progress.mark_data()
+            self._check_labels(batch)
             inputs, labels = self.module.data_preprocessor(
                 [image.to(self.device) for image in batch["inputs"]],
                 [label.to(self.device) for label in batch["gt_sem_seg"]], training=True)
@@ -243,6 +244,17 @@ class Trainer:
                 self.validate()
         self.logger.close()
         return self.module
+
+    def _check_labels(self, batch: dict) -> None:
+        """Label values must be classes or ``ignore_index``; name the file of any that is not."""
+        head = self.module.decode_head
+        for label, meta in zip(batch["gt_sem_seg"], batch["meta"], strict=True):
+            bad = (label != head.ignore_index) & ((label < 0) | (label >= head.num_classes))
+            if bad.any():
+                values = sorted(set(label[bad].unique().tolist()))[:10]
+                source = meta.get("seg_map_path") or meta.get("img_path") or "a generated sample"
+                raise ValueError(f"label map {source} has values {values} outside the {head.num_classes} classes "
+                                 f"(0..{head.num_classes - 1}) and ignore_index {head.ignore_index}")
 
     def _log_train(self, losses: dict, progress: Progress) -> None:
         values = {k: float(v.detach()) for k, v in losses.items()}

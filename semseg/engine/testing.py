@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,21 +18,31 @@ from semseg.evaluation import format_table
 
 
 def _writer(dataset, show_dir: str | None, out_dir: str | None):
-    """A callback that saves each prediction as a label PNG and/or a colored overlay."""
+    """A callback that saves each prediction as a label PNG and/or a colored overlay.
+
+    Files are named after the image file; samples without one (the in-memory synthetic dataset) are
+    named by their index, and their overlay is drawn on the dataset's image. The evaluation loader
+    serves this process the samples ``rank, rank + world_size, ...`` in order, which gives the index.
+    """
     metainfo = getattr(dataset, "metainfo", {}) or {}
     palette = metainfo.get("palette")
     palette = np.asarray(palette, dtype=np.uint8)[:, ::-1] if palette is not None else None  # RGB -> BGR
     to_label_ids = getattr(dataset, "train_id_to_label_id", None)
+    indices = itertools.count(distributed.rank(), distributed.world_size())
 
     def write(meta: dict, labels: torch.Tensor) -> None:
-        stem = Path(meta.get("img_path", "image")).stem
+        index = next(indices)
+        img_path = meta.get("img_path")
+        stem = Path(img_path).stem if img_path else f"{index:05d}"
         array = labels.numpy()
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             out = to_label_ids(array) if to_label_ids is not None else array
             cv2.imwrite(str(Path(out_dir) / f"{stem}.png"), out.astype(np.uint8))
-        if show_dir is not None and "img_path" in meta:
-            show_result(meta["img_path"], array, palette=palette, out_file=Path(show_dir) / f"{stem}.png")
+        if show_dir is not None:
+            image = img_path or (dataset.get_data_info(index).get("img") if hasattr(dataset, "get_data_info") else None)
+            if image is not None:
+                show_result(image, array, palette=palette, out_file=Path(show_dir) / f"{stem}.png")
 
     return write
 

@@ -1,4 +1,4 @@
-"""The ``semseg`` command: zoo, predict, demo."""
+"""The ``semseg`` command: train, test, predict, zoo, demo."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from semseg.demo import run_demo
 
-    run_demo(Path(args.work_dir))
+    run_demo(Path(args.work_dir), max_iters=args.max_iters)
     return 0
 
 
@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
     test.set_defaults(func=_cmd_test)
 
-    demo = commands.add_parser("demo", help="build a zoo model, save and reload it, run whole and slide inference")
+    demo = commands.add_parser("demo", help="train, evaluate and use a small model on the built-in synthetic data")
     demo.add_argument("--work-dir", default="work_dirs/demo")
+    demo.add_argument("--max-iters", type=int, default=None, help="shorter run (default: the config's 600)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -142,6 +142,7 @@ class Trainer:
         self.best_score: float | None = None
         self.best_path: Path | None = None
         self.last_good: Path | None = None
+        self.last_scores: dict | None = None
 
     # ----------------------------------------------------------------------------------------------- state
     def state(self) -> dict:
@@ -289,6 +290,7 @@ class Trainer:
                     self.best_path = self.work_dir / f"best_{key}_iter_{self.iter}.pth"
                     save_checkpoint(self.state(), self.best_path)
                 self.logger.info(f"best {key} {score:.2f} at iteration {self.iter}")
+        self.last_scores = summary
         self.model.train()
         return scores
 

@@ -32,8 +32,12 @@ def _facts() -> list[dict]:
     return json.loads(FACTS.read_text())
 
 
+# Folders of semseg's own configs (the built-in synthetic default), which have no published weights.
+OWN_FOLDERS = ("_base_", "synthetic")
+
+
 def _method_configs() -> list[Path]:
-    return sorted(p for p in CONFIG_ROOT.glob("*/*.py") if p.parent.name != "_base_")
+    return sorted(p for p in CONFIG_ROOT.glob("*/*.py") if p.parent.name not in OWN_FOLDERS)
 
 
 def _bases(path: Path) -> list[Path]:

@@ -343,3 +343,14 @@ def test_convert_cityscapes_command_line(tmp_path, capsys):
                      cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(out, [[13, 255]])
     assert (tmp_path / "val.txt").read_text() == "x/x_000000_000001\n"
+
+
+def test_cityscapes_train_ids_map_back_to_label_ids():
+    from semseg.data.datasets.cityscapes import CityscapesDataset, label_ids_to_train_ids
+
+    label_ids = np.arange(34, dtype=np.uint8).reshape(2, 17)
+    train_ids = label_ids_to_train_ids(label_ids)
+    back = CityscapesDataset.train_id_to_label_id(train_ids)
+    evaluated = train_ids != 255
+    assert np.array_equal(back[evaluated], label_ids[evaluated])  # road 7 -> 0 -> 7, car 26 -> 13 -> 26
+    assert (back[~evaluated] == 0).all()

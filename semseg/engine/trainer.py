@@ -12,6 +12,7 @@ import random
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -66,6 +67,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def apply_env_cfg(env_cfg: dict) -> None:
+    """``env_cfg``: ``cudnn_benchmark``, ``mp_cfg`` (``mp_start_method``, ``opencv_num_threads``)."""
+    torch.backends.cudnn.benchmark = bool(env_cfg.get("cudnn_benchmark", False))
+    mp_cfg = env_cfg.get("mp_cfg") or {}
+    if "opencv_num_threads" in mp_cfg:
+        cv2.setNumThreads(int(mp_cfg["opencv_num_threads"]))
+    method = mp_cfg.get("mp_start_method")
+    if method and torch.multiprocessing.get_start_method(allow_none=True) is None:
+        torch.multiprocessing.set_start_method(method)
+
+
 def latest_checkpoint(work_dir: Path) -> Path | None:
     """The checkpoint ``last_checkpoint`` points to, else the highest ``iter_N.pth``."""
     pointer = work_dir / "last_checkpoint"
@@ -99,6 +111,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.logger = RunLogger(self.work_dir, enabled=self.is_main)
 
+        apply_env_cfg(cfg.get("env_cfg") or {})
         randomness = cfg.get("randomness") or {}
         seed = randomness.get("seed")
         if seed is None:

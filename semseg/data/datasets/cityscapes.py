@@ -30,6 +30,11 @@ class CityscapesDataset(BaseSegDataset):
     IMG_SUFFIX = "_leftImg8bit.png"
     SEG_MAP_SUFFIX = "_gtFine_labelTrainIds.png"
 
+    @staticmethod
+    def train_id_to_label_id(train_ids: np.ndarray) -> np.ndarray:
+        """Predicted trainIds (H, W) -> official label ids, the format the Cityscapes server scores."""
+        return TRAIN_ID_TO_ID[train_ids.astype(np.int64)]
+
 
 class DarkZurichDataset(CityscapesDataset):
     """Dark Zurich night images (``rgb_anon/val/night/<seq>/*_rgb_anon.png``,
@@ -61,9 +66,12 @@ LABELS: dict[str, tuple[int, int]] = {
 }
 
 ID_TO_TRAIN_ID = np.full(256, 255, dtype=np.uint8)
+TRAIN_ID_TO_ID = np.zeros(256, dtype=np.uint8)  # trainIds outside 0..18 become 0, 'unlabeled'
 for _label_id, _train_id in LABELS.values():
     if _label_id >= 0:
         ID_TO_TRAIN_ID[_label_id] = _train_id
+        if 0 <= _train_id < 255:
+            TRAIN_ID_TO_ID[_train_id] = _label_id
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:

@@ -13,8 +13,7 @@ from semseg.build import build
 from semseg.config import Config, load_config
 from semseg.data.transforms import Compose
 from semseg.engine.checkpoint import load_checkpoint
-from semseg.models.inference import tta_inference
-from semseg.nn import resize
+from semseg.models.inference import merge_views, restore_view
 from semseg.zoo import manifest
 
 
@@ -58,44 +57,48 @@ def init_model(
     return model.to(device).eval()
 
 
-def _test_pipeline(cfg: Config | None, from_array: bool) -> Compose:
+def _pipeline(cfg: Config | None, from_array: bool, tta: bool) -> Compose:
     """The config's ``test_pipeline`` (as MMSegmentation's ``inference_model`` reads it; else the test
-    dataloader's) without annotation loading; an array input starts with LoadImageFromNDArray."""
-    steps = None
-    if cfg is not None:
-        plain = cfg.to_dict()
+    dataloader's), or with ``tta`` its ``tta_pipeline``, without annotation loading; an array input
+    starts with LoadImageFromNDArray."""
+    plain = cfg.to_dict() if cfg is not None else {}
+    if tta:
+        if not plain.get("tta_pipeline"):
+            raise KeyError(f"test-time augmentation needs the config's tta_pipeline (a TestTimeAug step); "
+                           f"{plain.get('filename', 'this config')} has none")
+        steps = [dict(step) for step in plain["tta_pipeline"]]
+        for step in steps:
+            if step["type"] == "TestTimeAug":
+                options = [[t for t in group if t["type"] != "LoadAnnotations"] for group in step["transforms"]]
+                step["transforms"] = [group for group in options if group]
+    else:
         steps = plain.get("test_pipeline") or plain.get("test_dataloader", {}).get("dataset", {}).get("pipeline")
-    if not steps:
-        steps = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]
-    steps = [dict(step) for step in steps if step["type"] != "LoadAnnotations"]
+        steps = [dict(step) for step in steps or [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]]
+        steps = [step for step in steps if step["type"] != "LoadAnnotations"]
     if from_array:
         steps[0]["type"] = "LoadImageFromNDArray"
     return Compose(steps)
 
 
 @torch.no_grad()
-def inference_model(
-    model: torch.nn.Module,
-    image: str | Path | np.ndarray,
-    tta: bool = False,
-    scale_ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
-) -> SegResult:
+def inference_model(model: torch.nn.Module, image: str | Path | np.ndarray, tta: bool = False) -> SegResult:
     """Run the config's test pipeline and inference on one image (path, or (H, W, 3) BGR uint8 array).
 
-    Returns the label map and logits at the image's original size. ``tta`` averages softmax outputs over
-    ``scale_ratios`` and horizontal flips.
+    Returns the label map and logits at the image's original size. ``tta`` runs the config's
+    ``tta_pipeline`` (scales x flips) and averages the views' class probabilities, as MMSegmentation's
+    ``--tta`` does; ``logits`` then holds those probabilities.
     """
     from_array = isinstance(image, np.ndarray)
-    pipeline = _test_pipeline(getattr(model, "cfg", None), from_array)
-    results = {"img": image} if from_array else {"img_path": str(image)}
-    packed = pipeline(results)
+    packed = _pipeline(getattr(model, "cfg", None), from_array, tta)({"img": image} if from_array else
+                                                                   {"img_path": str(image)})
     device = next(model.parameters()).device
-    x, _ = model.data_preprocessor([packed["inputs"].to(device)])
-    height, width = packed["meta"]["img_shape"]
-    scores = tta_inference(model, x, scale_ratios=scale_ratios, flip=True) if tta else model.inference(x)
-    scores = scores[:, :, :height, :width]
-    ori_h, ori_w = packed["meta"]["ori_shape"]
-    scores = resize(scores, size=(ori_h, ori_w), mode="bilinear", align_corners=model.align_corners, warning=False)
+    views = [(model.data_preprocessor([view["inputs"].to(device)])[0], view["meta"])
+             for view in (packed if isinstance(packed, list) else [packed])]
+    if tta:
+        scores = merge_views(model, views)
+    else:
+        x, meta = views[0]
+        scores = restore_view(model, model.inference(x), meta)
     labels = model.predict_labels(scores, probabilities=tta)[0]
     return SegResult(labels=labels.cpu().numpy(), logits=scores[0].cpu())
 

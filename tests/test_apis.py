@@ -106,9 +106,12 @@ def test_inference_model_runs_the_configured_pipeline(model: torch.nn.Module, im
 
 
 def test_inference_model_tta_gives_probabilities(model: torch.nn.Module, image_file: Path) -> None:
-    result = semseg.inference_model(model, image_file, tta=True, scale_ratios=(0.75, 1.0))
+    result = semseg.inference_model(model, image_file, tta=True)  # the config's 6 scales x 2 flips
     assert result.labels.shape == (97, 131)
     assert torch.allclose(result.logits.sum(0), torch.ones(97, 131), atol=1e-4)
+    assert np.array_equal(result.labels, result.logits.argmax(0).numpy())
+    plain = semseg.inference_model(model, image_file)
+    assert not torch.allclose(result.logits, plain.logits.softmax(0), atol=1e-3)  # the views did something
 
 
 def test_inference_model_missing_file_names_it(model: torch.nn.Module, tmp_path: Path) -> None:

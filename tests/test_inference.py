@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from semseg.build import build
-from semseg.models.inference import slide_inference, slide_windows, tta_inference, whole_inference
+from semseg.models.inference import merge_views, restore_view, slide_inference, slide_windows, whole_inference
 
 
 def test_slide_windows_exact_small_case() -> None:
@@ -93,17 +93,29 @@ def test_slide_normalizes_by_window_counts() -> None:
     assert torch.equal(out, torch.ones_like(out))  # overlaps are averaged, not summed
 
 
+def _views(x: torch.Tensor, ratios=(1.0,), flips=(False,)) -> list[tuple[torch.Tensor, dict]]:
+    """Augmented views of x as a TestTimeAug pipeline makes them: resized, maybe flipped, with meta."""
+    height, width = x.shape[2:]
+    views = []
+    for ratio in ratios:
+        size = (round(height * ratio), round(width * ratio))
+        scaled = nn.functional.interpolate(x, size, mode="bilinear")
+        for flip in flips:
+            meta = {"img_shape": size, "ori_shape": (height, width), "flip": flip, "flip_direction": "horizontal"}
+            views.append((scaled.flip(3) if flip else scaled, meta))
+    return views
+
+
 def test_tta_with_flip_equivariant_model_is_softmax() -> None:
     model = PixelModel(out_channels=5)
-    x = torch.randn(2, 3, 21, 26)
+    x = torch.randn(1, 3, 21, 26)
     with torch.no_grad():
-        probs = tta_inference(model, x, scale_ratios=(1.0,), flip=True)
+        probs = merge_views(model, _views(x, flips=(False, True)))
         expected = model.conv(x).softmax(1)
+        multi = merge_views(model, _views(x, ratios=(0.5, 0.75, 1.5), flips=(False, True)))
     assert torch.allclose(probs, expected, atol=1e-6)
-    multi = tta_inference(model, x, scale_ratios=(0.5, 0.75, 1.5), flip=True,
-                          flip_direction=("horizontal", "vertical")).detach()
-    assert multi.shape == (2, 5, 21, 26)
-    assert torch.allclose(multi.sum(1), torch.ones(2, 21, 26), atol=1e-5)
+    assert multi.shape == (1, 5, 21, 26)
+    assert torch.allclose(multi.sum(1), torch.ones(1, 21, 26), atol=1e-5)
     assert (multi >= 0).all()
 
 
@@ -111,13 +123,13 @@ def test_tta_single_channel_uses_sigmoid() -> None:
     model = PixelModel(out_channels=1)
     x = torch.randn(1, 3, 15, 18)
     with torch.no_grad():
-        probs = tta_inference(model, x, scale_ratios=(1.0,))
+        probs = merge_views(model, _views(x))
         assert torch.allclose(probs, model.conv(x).sigmoid(), atol=1e-6)
-        multi = tta_inference(model, x, scale_ratios=(0.5, 1.25))
+        multi = merge_views(model, _views(x, ratios=(0.5, 1.25)))
     assert multi.shape == (1, 1, 15, 18) and (multi > 0).all() and (multi < 1).all()
 
 
-def test_tta_averages_flipped_views() -> None:
+def test_tta_restores_flipped_and_padded_views() -> None:
     class Ramp(PixelModel):
         """Logits depend on position only: a left-to-right ramp in class 0."""
 
@@ -128,12 +140,15 @@ def test_tta_averages_flipped_views() -> None:
 
     model = Ramp(out_channels=2)
     x = torch.randn(1, 3, 6, 9)
-    plain = tta_inference(model, x, flip=False)
+    plain = merge_views(model, _views(x))
     assert torch.allclose(plain, model.encode_decode(x).softmax(1))
-    flipped = tta_inference(model, x, flip=True)
+    flipped = merge_views(model, _views(x, flips=(False, True)))
     assert torch.allclose(flipped, flipped.flip(3), atol=1e-6)  # the view and its mirror are averaged
     assert not torch.allclose(flipped, plain, atol=1e-2)
     assert torch.allclose(flipped, (plain + plain.flip(3)) / 2, atol=1e-6)
+    padded = nn.functional.pad(x, (0, 3, 0, 2))  # a padded view: only img_shape is the image
+    restored = restore_view(model, model.encode_decode(padded), {"img_shape": (6, 9), "ori_shape": (6, 9)})
+    assert torch.equal(restored, model.encode_decode(padded)[:, :, :6, :9])
 
 
 def _segmentor(test_cfg: dict):

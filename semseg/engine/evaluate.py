@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from semseg.models.inference import tta_inference
-from semseg.nn import resize
+from semseg.models.inference import merge_views, restore_view
 
 
 def build_eval_loader(dataloader_cfg: dict, seed: int = 0):
@@ -20,22 +19,40 @@ def build_eval_loader(dataloader_cfg: dict, seed: int = 0):
     return build_dataloader(cfg, seed=seed)
 
 
-def predict_batch(model: torch.nn.Module, batch: dict, device: torch.device, tta: bool = False) -> list[torch.Tensor]:
-    """Label maps (H, W) at each image's original size for a collated batch of packed samples.
+def predict_batch(model: torch.nn.Module, batch: dict | list, device: torch.device) -> list[torch.Tensor]:
+    """Label maps (H, W) at each image's original size for a collated batch.
 
-    Each image is normalized, inferred on its own (images of a batch may differ in size), cropped to its
-    valid region and resized back to ``ori_shape`` (bilinear on the logits, as MMSegmentation does).
+    ``batch`` is a dict of lists (one packed sample per image) or, from a ``TestTimeAug`` pipeline, a
+    list holding each image's list of augmented views, whose probabilities are averaged. Each image is
+    inferred on its own (images of a batch may differ in size).
     """
+    samples = batch if isinstance(batch, list) else [[sample] for sample in _unbatch(batch)]
     labels = []
-    for image, meta in zip(batch["inputs"], batch["meta"], strict=True):
-        x, _ = model.data_preprocessor([image.to(device)])
-        scores = tta_inference(model, x, scale_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)) if tta else model.inference(x)
-        height, width = meta["img_shape"]
-        scores = scores[:, :, :height, :width]
-        scores = resize(scores, size=tuple(meta["ori_shape"]), mode="bilinear", align_corners=model.align_corners,
-                        warning=False)
-        labels.append(model.predict_labels(scores, probabilities=tta)[0].cpu())
+    for views in samples:
+        prepared = [(model.data_preprocessor([view["inputs"].to(device)])[0], view["meta"]) for view in views]
+        if len(prepared) == 1:
+            x, meta = prepared[0]
+            scores, probabilities = restore_view(model, model.inference(x), meta), False
+        else:
+            scores, probabilities = merge_views(model, prepared), True
+        labels.append(model.predict_labels(scores, probabilities=probabilities)[0].cpu())
     return labels
+
+
+def _unbatch(batch: dict) -> list[dict]:
+    return [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+
+
+def ground_truth(batch: dict | list) -> list[torch.Tensor] | None:
+    """The batch's label maps (from the first view of each image under TTA), or None without labels."""
+    first = [views[0] for views in batch] if isinstance(batch, list) else _unbatch(batch)
+    if any("gt_sem_seg" not in sample for sample in first):
+        return None
+    return [sample["gt_sem_seg"] for sample in first]
+
+
+def metas(batch: dict | list) -> list[dict]:
+    return [views[0]["meta"] for views in batch] if isinstance(batch, list) else list(batch["meta"])
 
 
 @torch.no_grad()
@@ -44,25 +61,25 @@ def evaluate(
     loader: Iterable[dict],
     metric,
     device: torch.device,
-    tta: bool = False,
     on_prediction: Callable[[dict, torch.Tensor], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Score ``model`` on every batch of ``loader`` with ``metric`` (counts summed across processes, so
     each process must see a disjoint shard). Returns ``metric.compute()``: summary values and ``per_class``.
 
-    ``on_prediction(meta, labels)`` sees each prediction (for writing PNGs or overlays).
+    ``on_prediction(meta, labels)`` sees each prediction (for writing PNGs or overlays). A loader whose
+    pipeline ends in ``TestTimeAug`` gives test-time-augmented predictions.
     """
     was_training = model.training
     model.eval()
     try:
         for step, batch in enumerate(loader):
-            predictions = predict_batch(model, batch, device, tta=tta)
-            ground_truth = batch.get("gt_sem_seg")
-            if ground_truth is not None:
-                metric.process(predictions, [label.cpu() for label in ground_truth])
+            predictions = predict_batch(model, batch, device)
+            labels = ground_truth(batch)
+            if labels is not None:
+                metric.process(predictions, [label.cpu() for label in labels])
             if on_prediction is not None:
-                for meta, labels in zip(batch["meta"], predictions, strict=True):
+                for meta, labels in zip(metas(batch), predictions, strict=True):
                     on_prediction(meta, labels)
             if progress is not None:
                 progress(step + 1)

@@ -56,10 +56,15 @@ def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: 
     cfg = model.cfg
     if not cfg.get("test_dataloader"):
         raise KeyError(f"config {cfg.filename or config!r} has no test_dataloader")
-    loader = build_eval_loader(cfg.test_dataloader.to_dict())
+    loader_cfg = cfg.test_dataloader.to_dict()
+    if tta:
+        if not cfg.get("tta_pipeline"):
+            raise KeyError(f"--tta needs the config's tta_pipeline (a TestTimeAug step); {cfg.filename} has none")
+        loader_cfg["dataset"]["pipeline"] = cfg.to_dict()["tta_pipeline"]
+    loader = build_eval_loader(loader_cfg)
     metric = build_metric(cfg.get("test_evaluator"), loader.dataset)
     callback = _writer(loader.dataset, show_dir, out_dir) if (show_dir or out_dir) else None
-    scores = evaluate(model, loader, metric, chosen, tta=tta, on_prediction=callback)
+    scores = evaluate(model, loader, metric, chosen, on_prediction=callback)
     if distributed.is_main_process():
         print(format_table(scores["per_class"]))
         summary = {k: v for k, v in scores.items() if k != "per_class"}

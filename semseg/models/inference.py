@@ -49,32 +49,25 @@ def slide_inference(model, x: torch.Tensor, crop_size: Sequence[int], stride: Se
     return logits / counts
 
 
-def tta_inference(
-    model,
-    x: torch.Tensor,
-    scale_ratios: Sequence[float] = (1.0,),
-    flip: bool = True,
-    flip_direction: Sequence[str] = ("horizontal",),
-) -> torch.Tensor:
-    """Test-time augmentation: average class probabilities over scales and flips.
+def restore_view(model, scores: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Logits of one augmented view (1, C, H', W') back on the original image: crop the padding to
+    ``img_shape``, undo the view's flip, resize (bilinear) to ``ori_shape``."""
+    height, width = meta["img_shape"]
+    scores = scores[:, :, :height, :width]
+    if meta.get("flip"):
+        flip_dims = {"horizontal": [3], "vertical": [2], "diagonal": [2, 3]}[meta.get("flip_direction", "horizontal")]
+        scores = scores.flip(flip_dims)
+    return resize(scores, size=tuple(meta["ori_shape"]), mode="bilinear", align_corners=model.align_corners,
+                  warning=False)
 
-    Each view is x resized by a ratio (bilinear) and optionally flipped; its logits come from
-    ``model.inference`` (whole or slide), are flipped back and resized to x's size, then turned into
-    probabilities (softmax; sigmoid for one channel) and averaged. Returns averaged probabilities.
-    """
-    height, width = x.shape[-2:]
-    dims = {"horizontal": [3], "vertical": [2]}
-    views = [None] + ([dims[d] for d in flip_direction] if flip else [])
+
+def merge_views(model, views: Sequence[tuple[torch.Tensor, dict]]) -> torch.Tensor:
+    """Test-time augmentation over pipeline views, as MMSegmentation's ``--tta``: each view
+    ``(x (1, 3, H', W') normalized, meta)`` is inferred (whole or slide), restored to the original image,
+    turned into probabilities (softmax; sigmoid for one channel) and averaged -> (1, C, H, W)."""
     total = None
-    for ratio in scale_ratios:
-        size = (int(height * ratio + 0.5), int(width * ratio + 0.5))
-        scaled = x if size == (height, width) else resize(x, size, mode="bilinear", align_corners=False)
-        for flip_dims in views:
-            view = scaled if flip_dims is None else scaled.flip(flip_dims)
-            logits = model.inference(view)
-            if flip_dims is not None:
-                logits = logits.flip(flip_dims)
-            logits = resize(logits, (height, width), mode="bilinear", align_corners=model.align_corners)
-            probs = logits.sigmoid() if logits.shape[1] == 1 else F.softmax(logits, dim=1)
-            total = probs if total is None else total + probs
-    return total / (len(scale_ratios) * len(views))
+    for x, meta in views:
+        logits = restore_view(model, model.inference(x), meta)
+        probs = logits.sigmoid() if logits.shape[1] == 1 else F.softmax(logits, dim=1)
+        total = probs if total is None else total + probs
+    return total / len(views)

@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 from semseg.data.transforms import Compose, LoadAnnotations, LoadImageFromFile, LoadImageFromNDArray
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
-FILE_LOADERS = ("LoadImageFromFile", "LoadAnnotations")
 
 
 def synthetic_metainfo(num_classes: int = 5) -> dict:
@@ -107,23 +106,39 @@ def generate_sample(index: int, img_size: int | Sequence[int] = (64, 64), num_cl
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
-def _without_file_loading(pipeline: Sequence[dict | Callable]) -> list[dict | Callable]:
-    kept = []
+class LoadAnnotationsFromMemory:
+    """``LoadAnnotations`` for a generated sample: the label waiting in ``results['generated_label']``
+    becomes ``gt_seg_map`` at the step where the file would be read, so transforms before it (a test
+    pipeline's Resize) leave the label at its original size, as with files."""
+
+    def __call__(self, results: dict) -> dict:
+        results["gt_seg_map"] = results.pop("generated_label")
+        results.setdefault("seg_fields", []).append("gt_seg_map")
+        return results
+
+
+def _from_memory(pipeline: Sequence[dict | Callable]) -> list[dict | Callable]:
+    """The pipeline with its file loaders swapped for in-memory ones (inside ``TestTimeAug`` too)."""
+    steps = []
     for step in pipeline:
-        name = step.get("type") if isinstance(step, dict) else None
-        is_loader = isinstance(step, (LoadImageFromFile, LoadAnnotations)) and not isinstance(
-            step, LoadImageFromNDArray)
-        if name not in FILE_LOADERS and not is_loader:
-            kept.append(step)
-    return kept
+        name = step.get("type") if isinstance(step, dict) else type(step).__name__
+        if name == "LoadImageFromFile" or isinstance(step, LoadImageFromFile):
+            steps.append(LoadImageFromNDArray())
+        elif name == "LoadAnnotations" or isinstance(step, LoadAnnotations):
+            steps.append(LoadAnnotationsFromMemory())
+        elif name == "TestTimeAug" and isinstance(step, dict):
+            steps.append({**step, "transforms": [_from_memory(group) for group in step["transforms"]]})
+        else:
+            steps.append(step)
+    return steps
 
 
 class SyntheticDataset(Dataset):
     """``num_samples`` generated samples of one split, run through ``pipeline`` from memory.
 
-    Each sample's results dict holds ``img`` (H, W, 3) uint8 BGR, ``gt_seg_map`` (H, W) uint8, their
-    shapes and ``seg_fields``, as the file loading steps would leave it; those steps are dropped from
-    the pipeline.
+    Each sample's results dict starts with ``img`` (H, W, 3) uint8 BGR and ``generated_label`` (H, W)
+    uint8; the pipeline's file loading steps are replaced by in-memory ones (``LoadImageFromNDArray``,
+    ``LoadAnnotationsFromMemory``) at the same positions.
     """
 
     def __init__(self, num_samples: int = 64, img_size: int | Sequence[int] = (64, 64), num_classes: int = 5,
@@ -140,7 +155,7 @@ class SyntheticDataset(Dataset):
         self.ignore_index = ignore_index
         self._metainfo = synthetic_metainfo(self.num_classes)
         self._metainfo.update(label_map=None, reduce_zero_label=False)
-        self.pipeline = Compose(_without_file_loading(pipeline))
+        self.pipeline = Compose(_from_memory(pipeline))
 
     @property
     def metainfo(self) -> dict:
@@ -156,8 +171,8 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"SyntheticDataset: index {idx} out of range for {self.num_samples} samples")
         idx %= self.num_samples
         image, label = generate_sample(idx, self.img_size, self.num_classes, self.seed, self.split)
-        return {"img": image, "gt_seg_map": label, "img_shape": image.shape[:2], "ori_shape": image.shape[:2],
-                "seg_fields": ["gt_seg_map"], "label_map": None, "reduce_zero_label": False,
+        return {"img": image, "generated_label": label, "img_shape": image.shape[:2],
+                "ori_shape": image.shape[:2], "seg_fields": [], "label_map": None, "reduce_zero_label": False,
                 "sample_idx": idx}
 
     def __getitem__(self, idx: int) -> Any:

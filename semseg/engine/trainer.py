@@ -105,7 +105,10 @@ class Trainer:
                  device: str | None = None):
         self.cfg = cfg
         self.work_dir = Path(work_dir)
-        self.resume = resume if resume is not False else cfg.get("resume", False)
+        if resume is False and cfg.get("resume"):
+            # As in MMSegmentation: `resume=True` in the config resumes from `load_from` when it is set.
+            resume = cfg.get("load_from") or True
+        self.resume = resume
         self.amp = amp
         self.rank, self.world_size, self.device = distributed.init_distributed(device)
         self.is_main = self.rank == 0

@@ -1,0 +1,139 @@
+"""The ``semseg`` command, run in-process through ``semseg.cli.main`` (and once as ``python -m semseg.cli``):
+zoo listing, predict's output files, test with and without ``--tta``, and errors that name the fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+import semseg
+from semseg.cli import main
+from semseg.data.datasets.synthetic import generate_sample
+from semseg.engine.checkpoint import save_checkpoint
+
+SYNTHETIC = "fcn_r18-d8_1xb8-600_synthetic-96x96"
+FEW = "test_dataloader.dataset.num_samples=3"  # the synthetic test set cut to 3 images
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint of the synthetic model (fresh random weights) and a 70x90 synthetic image."""
+    root = tmp_path_factory.mktemp("cli")
+    model = semseg.init_model(SYNTHETIC)
+    ckpt = root / "model.pth"
+    save_checkpoint({"state_dict": model.state_dict(), "meta": {}}, ckpt)
+    image, _ = generate_sample(0, (70, 90))
+    path = root / "img.png"
+    assert cv2.imwrite(str(path), image)
+    return {"ckpt": ckpt, "image": path}
+
+
+def test_zoo_lists_matching_names(capsys) -> None:
+    assert main(["zoo", "deeplabv3plus*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("deeplabv3plus") for line in lines)
+    assert [line.split()[0] for line in lines] == semseg.list_models("deeplabv3plus*")
+
+
+def test_zoo_unknown_pattern_fails(capsys) -> None:
+    assert main(["zoo", "no_such_model*"]) != 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
+def test_predict_writes_labels_and_overlay(files, tmp_path: Path, capsys, tta: bool) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out)]
+                + (["--tta"] if tta else [])) == 0
+    labels = cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED)
+    overlay = cv2.imread(str(out / "img_overlay.png"))
+    assert labels.shape == (70, 90) and overlay.shape == (70, 90, 3)
+    model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"])
+    expected = semseg.inference_model(model, files["image"], tta=tta).labels
+    assert (labels == expected).all()
+    assert "img.png" in capsys.readouterr().out
+
+
+def test_test_tta_writes_predictions_of_the_averaged_views(files, tmp_path: Path, capsys) -> None:
+    """``semseg test --tta`` predicts each test image as ``inference_model(..., tta=True)`` does."""
+    out, work = tmp_path / "labels", tmp_path / "work"
+    assert main(["test", SYNTHETIC, str(files["ckpt"]), "--tta", "--device", "cpu", "--out", str(out),
+                 "--work-dir", str(work), "--cfg-options", FEW]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    metrics = json.loads((work / "test_metrics.json").read_text())
+    assert set(metrics) >= {"aAcc", "mIoU", "mAcc"}
+    model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"])
+    for index in range(3):
+        image, _ = generate_sample(index, (128, 128), split="val")
+        written = cv2.imread(str(out / f"{index:05d}.png"), cv2.IMREAD_UNCHANGED)
+        assert (written == semseg.inference_model(model, image, tta=True).labels).all()
+
+
+def test_misspelt_config_lists_nearest_zoo_names(files, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"nearest zoo configs: {SYNTHETIC}"):
+        main(["predict", "fcn_r18-d8_1xb8-600_synthetc-96x96", str(files["ckpt"]), str(files["image"]),
+              "--out", str(tmp_path)])
+
+
+def test_misspelt_cfg_option_names_the_key(files, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="no key 'decode_hed' in model; did you mean 'decode_head'"):
+        main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path),
+              "--cfg-options", "model.decode_hed.num_classes=3"])
+
+
+def test_unknown_head_type_suggests_the_nearest(files, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="did you mean 'FCNHead'"):
+        main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path),
+              "--cfg-options", "model.decode_head.type=FCNHaed"])
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_test_tta_without_tta_pipeline_says_so(files) -> None:
+    with pytest.raises(KeyError, match="--tta needs the config's tta_pipeline"):
+        main(["test", SYNTHETIC, str(files["ckpt"]), "--tta", "--device", "cpu",
+              "--cfg-options", "tta_pipeline=None", FEW])
+
+
+def test_predict_tta_without_tta_pipeline_says_so(files, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="needs the config's tta_pipeline"):
+        main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path), "--tta",
+              "--cfg-options", "tta_pipeline=None"])
+
+
+def test_cfg_options_set_a_list_of_dicts(files, tmp_path: Path) -> None:
+    """A pipeline step list given on the command line replaces the config's: one scale, no flip, is
+    plain single-view inference at the image's own size."""
+    out = tmp_path / "out"
+    one_view = ("tta_pipeline.1.transforms.0=[{'type':'Resize','scale_factor':1.0,'keep_ratio':True}]",
+                "tta_pipeline.1.transforms.1=[{'type':'RandomFlip','prob':0.0}]")
+    assert main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out), "--tta",
+                 "--cfg-options", *one_view]) == 0
+    model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"], cfg_options=list(one_view))
+    assert model.cfg.tta_pipeline[1]["transforms"][0] == [dict(type="Resize", scale_factor=1.0, keep_ratio=True)]
+    plain = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"],
+                              cfg_options={"test_pipeline.1": dict(type="Resize", scale_factor=1.0,
+                                                                   keep_ratio=True, _delete_=True)})
+    expected = semseg.inference_model(plain, files["image"]).labels
+    assert (cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED) == expected).all()
+
+
+def test_module_entry_point_help_and_error_exit() -> None:
+    ok = subprocess.run([sys.executable, "-m", "semseg.cli", "--help"], capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0
+    assert all(command in ok.stdout for command in ("train", "test", "predict", "zoo"))
+    bad = subprocess.run([sys.executable, "-m", "semseg.cli", "zoo", "no_such_model*"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "0 models" in bad.stderr
+
+
+def test_unknown_command_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predcit"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

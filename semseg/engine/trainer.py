@@ -8,8 +8,10 @@ position in the stream, so a resumed run ends with the same weights as one that 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -55,6 +57,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block without moving the Python, NumPy and torch generators. A DataLoader draws its base seed
+    from torch's generator when it starts; loading data or validating inside this block keeps training's
+    random draws (dropout) the same whether or not the run was resumed there."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -158,6 +172,7 @@ class Trainer:
         self.best_score: float | None = None
         self.best_path: Path | None = None
         self.last_good: Path | None = None
+        self.val_loader = None
         self.last_scores: dict | None = None
 
     # ----------------------------------------------------------------------------------------------- state
@@ -227,7 +242,10 @@ class Trainer:
         """Run until ``max_iters``; returns the (unwrapped) model."""
         self._start()
         dataloader_cfg = self.cfg.train_dataloader.to_dict()
-        loader, dataset = build_train_stream(dataloader_cfg, seed=self.seed, start=self.iter * dataloader_cfg["batch_size"])
+        with rng_preserved():
+            loader, dataset = build_train_stream(dataloader_cfg, seed=self.seed,
+                                                 start=self.iter * dataloader_cfg["batch_size"])
+            self._build_val_loader()  # now, so that a mistake in the val set shows before training
         self.dataset_meta = getattr(dataset, "metainfo", None)
         batches = iter(loader)
         self.optim_wrapper.initialize_count_status(self.iter, self.max_iters)
@@ -235,7 +253,8 @@ class Trainer:
         self.logger.info(f"training {self.max_iters} iterations on {self.world_size} process(es), device {self.device}")
         self.model.train()
         while self.iter < self.max_iters:
-            batch = next(batches)
+            with rng_preserved():  # the loader's first batch draws its base seed: not part of training's draws
+                batch = next(batches)
             progress.mark_data()
             self._check_labels(batch)
             inputs, labels = self.module.data_preprocessor(
@@ -284,13 +303,25 @@ class Trainer:
                          f"eta: {progress.eta}  time: {progress.time_per_iter:.3f}  "
                          f"data_time: {progress.data_time:.3f}  memory: {record['memory']}  {terms}")
 
+    def _build_val_loader(self):
+        """The val loader (built once), or None when the config has no ``val_dataloader``."""
+        if self.val_loader is None and self.cfg.get("val_dataloader"):
+            self.val_loader = build_eval_loader(self.cfg.val_dataloader.to_dict(), seed=self.seed)
+        return self.val_loader
+
     def validate(self) -> dict | None:
-        """Score the val set (if the config has one); keep the best checkpoint by ``save_best``."""
-        if not self.cfg.get("val_dataloader"):
-            return None
-        loader = build_eval_loader(self.cfg.val_dataloader.to_dict(), seed=self.seed)
-        metric = build_metric(self.cfg.get("val_evaluator"), loader.dataset)
-        scores = evaluate(self.module, loader, metric, self.device)
+        """Score the val set (if the config has one); keep the best checkpoint by ``save_best``.
+
+        Every process first takes rank 0's buffers (BatchNorm statistics, which DDP only syncs at the next
+        forward), so the score is that of the model rank 0 saves.
+        """
+        with rng_preserved():
+            loader = self._build_val_loader()
+            if loader is None:
+                return None
+            distributed.broadcast_buffers(self.module)
+            metric = build_metric(self.cfg.get("val_evaluator"), loader.dataset)
+            scores = evaluate(self.module, loader, metric, self.device)
         summary = {k: v for k, v in scores.items() if k != "per_class"}
         self.logger.record("val", self.iter, summary)
         self.logger.info("per class results:\n" + format_table(scores["per_class"]))

@@ -64,8 +64,9 @@ def _pipeline(cfg: Config | None, from_array: bool, tta: bool) -> Compose:
     plain = cfg.to_dict() if cfg is not None else {}
     if tta:
         if not plain.get("tta_pipeline"):
+            name = getattr(cfg, "filename", None) or "the model's config"
             raise KeyError(f"test-time augmentation needs the config's tta_pipeline (a TestTimeAug step); "
-                           f"{plain.get('filename', 'this config')} has none")
+                           f"{name} has none")
         steps = [dict(step) for step in plain["tta_pipeline"]]
         for step in steps:
             if step["type"] == "TestTimeAug":

@@ -319,7 +319,7 @@ class Trainer:
             loader = self._build_val_loader()
             if loader is None:
                 return None
-            pass
+            distributed.broadcast_buffers(self.module)
             metric = build_metric(self.cfg.get("val_evaluator"), loader.dataset)
             scores = evaluate(self.module, loader, metric, self.device)
         summary = {k: v for k, v in scores.items() if k != "per_class"}

@@ -4,7 +4,6 @@ that was never stopped; every checkpoint left behind by the kill loads."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -59,7 +58,7 @@ def test_killed_run_resumes_to_the_same_weights(uninterrupted, tmp_path):
             deadline = time.monotonic() + 120
             while not (work_dir / "iter_10.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGKILL)
+            proc.kill()  # SIGKILL: no handler, no cleanup
         finally:
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.out").read_text()[-2000:]

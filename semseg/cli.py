@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,9 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean "the input is wrong" (config, option, file, data): reported in one line, no traceback.
+USER_ERRORS = (KeyError, FileNotFoundError, ValueError, TypeError, NotImplementedError, FloatingPointError,
+               RuntimeError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a ``semseg`` command; returns the exit status (1 with a one-line message for a user error;
+    ``SEMSEG_DEBUG=1`` shows the traceback instead)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        if os.environ.get("SEMSEG_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"semseg: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

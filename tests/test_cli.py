@@ -48,8 +48,13 @@ def test_zoo_unknown_pattern_fails(capsys) -> None:
 @pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
 def test_predict_writes_labels_and_overlay(files, tmp_path: Path, capsys, tta: bool) -> None:
     out = tmp_path / "out"
-    assert main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out)]
-                + (["--tta"] if tta else [])) == 0
+    assert (
+        main(
+            ["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out)]
+            + (["--tta"] if tta else [])
+        )
+        == 0
+    )
     labels = cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED)
     overlay = cv2.imread(str(out / "img_overlay.png"))
     assert labels.shape == (70, 90) and overlay.shape == (70, 90, 3)
@@ -62,8 +67,25 @@ def test_predict_writes_labels_and_overlay(files, tmp_path: Path, capsys, tta: b
 def test_test_tta_writes_predictions_of_the_averaged_views(files, tmp_path: Path, capsys) -> None:
     """``semseg test --tta`` predicts each test image as ``inference_model(..., tta=True)`` does."""
     out, work = tmp_path / "labels", tmp_path / "work"
-    assert main(["test", SYNTHETIC, str(files["ckpt"]), "--tta", "--device", "cpu", "--out", str(out),
-                 "--work-dir", str(work), "--cfg-options", FEW]) == 0
+    assert (
+        main(
+            [
+                "test",
+                SYNTHETIC,
+                str(files["ckpt"]),
+                "--tta",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--work-dir",
+                str(work),
+                "--cfg-options",
+                FEW,
+            ]
+        )
+        == 0
+    )
     assert "mIoU" in capsys.readouterr().out
     metrics = json.loads((work / "test_metrics.json").read_text())
     assert set(metrics) >= {"aAcc", "mIoU", "mAcc"}
@@ -74,61 +96,156 @@ def test_test_tta_writes_predictions_of_the_averaged_views(files, tmp_path: Path
         assert (written == semseg.inference_model(model, image, tta=True).labels).all()
 
 
-def test_misspelt_config_lists_nearest_zoo_names(files, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=f"nearest zoo configs: {SYNTHETIC}"):
-        main(["predict", "fcn_r18-d8_1xb8-600_synthetc-96x96", str(files["ckpt"]), str(files["image"]),
-              "--out", str(tmp_path)])
+def fails_with(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    """The command exits 1 with a one-line ``semseg: error: ...`` naming ``message``, no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("semseg: error: ") and message in err and "Traceback" not in err
 
 
-def test_misspelt_cfg_option_names_the_key(files, tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="no key 'decode_hed' in model; did you mean 'decode_head'"):
-        main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path),
-              "--cfg-options", "model.decode_hed.num_classes=3"])
+def test_misspelt_config_lists_nearest_zoo_names(
+    files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails_with(
+        capsys,
+        [
+            "predict",
+            "fcn_r18-d8_1xb8-600_synthetc-96x96",
+            str(files["ckpt"]),
+            str(files["image"]),
+            "--out",
+            str(tmp_path),
+        ],
+        f"nearest zoo configs: {SYNTHETIC}",
+    )
 
 
-def test_unknown_head_type_suggests_the_nearest(files, tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="did you mean 'FCNHead'"):
-        main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path),
-              "--cfg-options", "model.decode_head.type=FCNHaed"])
+def test_misspelt_cfg_option_names_the_key(files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails_with(
+        capsys,
+        [
+            "predict",
+            SYNTHETIC,
+            str(files["ckpt"]),
+            str(files["image"]),
+            "--out",
+            str(tmp_path),
+            "--cfg-options",
+            "model.decode_hed.num_classes=3",
+        ],
+        "no key 'decode_hed' in model; did you mean 'decode_head'",
+    )
+
+
+def test_unknown_head_type_suggests_the_nearest(
+    files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails_with(
+        capsys,
+        [
+            "predict",
+            SYNTHETIC,
+            str(files["ckpt"]),
+            str(files["image"]),
+            "--out",
+            str(tmp_path),
+            "--cfg-options",
+            "model.decode_head.type=FCNHaed",
+        ],
+        "did you mean 'FCNHead'",
+    )
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_test_tta_without_tta_pipeline_says_so(files) -> None:
-    with pytest.raises(KeyError, match="--tta needs the config's tta_pipeline"):
-        main(["test", SYNTHETIC, str(files["ckpt"]), "--tta", "--device", "cpu",
-              "--cfg-options", "tta_pipeline=None", FEW])
+def test_test_tta_without_tta_pipeline_says_so(files, capsys: pytest.CaptureFixture[str]) -> None:
+    fails_with(
+        capsys,
+        [
+            "test",
+            SYNTHETIC,
+            str(files["ckpt"]),
+            "--tta",
+            "--device",
+            "cpu",
+            "--cfg-options",
+            "tta_pipeline=None",
+            FEW,
+        ],
+        "--tta needs the config's tta_pipeline",
+    )
 
 
-def test_predict_tta_without_tta_pipeline_says_so(files, tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="needs the config's tta_pipeline"):
-        main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path), "--tta",
-              "--cfg-options", "tta_pipeline=None"])
+def test_predict_tta_without_tta_pipeline_says_so(
+    files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails_with(
+        capsys,
+        [
+            "predict",
+            SYNTHETIC,
+            str(files["ckpt"]),
+            str(files["image"]),
+            "--out",
+            str(tmp_path),
+            "--tta",
+            "--cfg-options",
+            "tta_pipeline=None",
+        ],
+        "needs the config's tta_pipeline",
+    )
 
 
 def test_cfg_options_set_a_list_of_dicts(files, tmp_path: Path) -> None:
     """A pipeline step list given on the command line replaces the config's: one scale, no flip, is
     plain single-view inference at the image's own size."""
     out = tmp_path / "out"
-    one_view = ("tta_pipeline.1.transforms.0=[{'type':'Resize','scale_factor':1.0,'keep_ratio':True}]",
-                "tta_pipeline.1.transforms.1=[{'type':'RandomFlip','prob':0.0}]")
-    assert main(["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out), "--tta",
-                 "--cfg-options", *one_view]) == 0
+    one_view = (
+        "tta_pipeline.1.transforms.0=[{'type':'Resize','scale_factor':1.0,'keep_ratio':True}]",
+        "tta_pipeline.1.transforms.1=[{'type':'RandomFlip','prob':0.0}]",
+    )
+    assert (
+        main(
+            [
+                "predict",
+                SYNTHETIC,
+                str(files["ckpt"]),
+                str(files["image"]),
+                "--out",
+                str(out),
+                "--tta",
+                "--cfg-options",
+                *one_view,
+            ]
+        )
+        == 0
+    )
     model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"], cfg_options=list(one_view))
-    assert model.cfg.tta_pipeline[1]["transforms"][0] == [dict(type="Resize", scale_factor=1.0, keep_ratio=True)]
-    plain = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"],
-                              cfg_options={"test_pipeline.1": dict(type="Resize", scale_factor=1.0,
-                                                                   keep_ratio=True, _delete_=True)})
+    assert model.cfg.tta_pipeline[1]["transforms"][0] == [
+        dict(type="Resize", scale_factor=1.0, keep_ratio=True)
+    ]
+    plain = semseg.init_model(
+        SYNTHETIC,
+        checkpoint=files["ckpt"],
+        cfg_options={
+            "test_pipeline.1": dict(type="Resize", scale_factor=1.0, keep_ratio=True, _delete_=True)
+        },
+    )
     expected = semseg.inference_model(plain, files["image"]).labels
     assert (cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED) == expected).all()
 
 
 def test_module_entry_point_help_and_error_exit() -> None:
-    ok = subprocess.run([sys.executable, "-m", "semseg.cli", "--help"], capture_output=True, text=True,
-                        timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "semseg.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0
     assert all(command in ok.stdout for command in ("train", "test", "predict", "zoo"))
-    bad = subprocess.run([sys.executable, "-m", "semseg.cli", "zoo", "no_such_model*"], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "semseg.cli", "zoo", "no_such_model*"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "0 models" in bad.stderr
 
 

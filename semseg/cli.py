@@ -41,21 +41,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from semseg.config import load_config
+    from semseg.engine import distributed
     from semseg.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.cfg_options)
     work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(str(args.config)).stem)
     resume = args.resume_from or args.resume
-    Trainer(cfg, work_dir, resume=resume, amp=args.amp, device=args.device).train()
+    try:
+        Trainer(cfg, work_dir, resume=resume, amp=args.amp, device=args.device).train()
+    except BaseException:
+        distributed.cleanup(wait=False)
+        raise
+    distributed.cleanup()
     return 0
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
+    from semseg.engine import distributed
     from semseg.engine.testing import run_test
 
-    scores = run_test(args.config, args.checkpoint, cfg_options=args.cfg_options, tta=args.tta,
-                      show_dir=args.show_dir, out_dir=args.out, device=args.device, work_dir=args.work_dir)
-    return 0 if scores is not None else 1
+    try:
+        run_test(args.config, args.checkpoint, cfg_options=args.cfg_options, tta=args.tta,
+                 show_dir=args.show_dir, out_dir=args.out, device=args.device, work_dir=args.work_dir)
+    except BaseException:
+        distributed.cleanup(wait=False)
+        raise
+    distributed.cleanup()
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -68,6 +68,10 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = True) -> None:
+    """Leave the process group, after every process got here unless ``wait`` is False (on an error, the
+    others may never arrive); a no-op without one. A group left open aborts the interpreter at exit."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

@@ -422,6 +422,7 @@ def load_checkpoint(
     strict: bool = True,
     map_location: Any = "cpu",
     revise_keys: list[tuple[str, str]] | None = None,
+    ignore_keys: tuple[str, ...] = (),
 ) -> LoadResult:
     """Load a checkpoint file or URL into ``model``'s parameters and buffers.
 
@@ -432,12 +433,14 @@ def load_checkpoint(
     Args:
         revise_keys: ``(regex, replacement)`` pairs applied with ``re.sub`` to every checkpoint key, in order
             (after the DDP ``module.`` prefix is stripped).
+        ignore_keys: checkpoint keys to drop before comparing (an ImageNet classifier's ``fc.weight``).
     """
     source = str(path_or_url)
     path = download_checkpoint(source) if _URL.match(source) else Path(path_or_url)
     state_dict, meta = load_state_dict_file(path, map_location)
     if revise_keys:
         state_dict = _revise(state_dict, revise_keys)
+    state_dict = {k: v for k, v in state_dict.items() if k not in ignore_keys}
 
     own = model.state_dict()
     result = LoadResult(

@@ -38,18 +38,17 @@ def pretrained_source(model_cfg: dict) -> str | None:
 def load_pretrained_backbone(backbone: nn.Module, source: str) -> LoadResult:
     """Load ImageNet weights into a backbone: a ``open-mmlab://`` / ``torchvision://`` name, URL or path.
 
-    The classifier (``fc``) in the file is ignored; any other missing or unexpected key is an error.
+    The classifier (``fc``) in the file is ignored; any other missing, unexpected or wrongly shaped key is
+    an error, raised before anything is loaded.
     """
     location = PRETRAINED_URLS.get(source, source)
     if "://" in location and not location.startswith(("http://", "https://", "file://")):
         raise KeyError(f"unknown pretrained weights {source!r}; known: {', '.join(sorted(PRETRAINED_URLS))}")
     try:
-        result = load_checkpoint(backbone, location, strict=False)
+        return load_checkpoint(backbone, location, strict=True, ignore_keys=_CLASSIFIER_KEYS)
     except OSError as error:
         raise OSError(f"could not fetch pretrained backbone weights {source!r} from {location}: {error}. "
                       "Download the file and pass its path, or train from scratch with "
                       "--cfg-options model.pretrained=None") from error
-    unexpected = [key for key in result.unexpected if key not in _CLASSIFIER_KEYS]
-    if result.missing or unexpected or result.mismatched:
-        raise RuntimeError(f"pretrained weights {source!r} do not fit the backbone: {result.summary()}")
-    return result
+    except RuntimeError as error:
+        raise RuntimeError(f"pretrained weights {source!r} do not fit the backbone: {error}") from error

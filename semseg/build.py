@@ -125,13 +125,29 @@ def build(kind: str, cfg: dict, **defaults: Any) -> Any:
         raise TypeError(f"a {kind} config must be a dict with a 'type' key, got {cfg!r}")
     kwargs = {**defaults, **{k: v for k, v in cfg.items() if k != "type"}}
     cls = lookup(kind, cfg["type"])
-    params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not takes_any:
-        valid = [name for name in params if name != "self"]
+    valid = accepted_arguments(cls)
+    if valid is not None:
         for key in kwargs:
-            if key not in params:
-                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise TypeError(f"{cfg['type']} has no argument {key!r}{hint} (arguments: {', '.join(valid)})")
+                raise TypeError(f"{cfg['type']} has no argument {key!r}{hint} "
+                                f"(arguments: {', '.join(sorted(valid))})")
     return cls(**kwargs)
+
+
+def accepted_arguments(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` accepts: its ``__init__``'s, plus those of the parents it
+    forwards ``**kwargs`` to; ``None`` when that cannot be told (``**kwargs`` not passed to a parent)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if klass is object:  # the **kwargs go somewhere else than a parent's __init__
+            return None
+        params = inspect.signature(klass.__init__).parameters
+        names.update(n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
+                     and p.kind is not inspect.Parameter.VAR_KEYWORD)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return names
+    return None

@@ -90,7 +90,7 @@ def test_crop_and_schedule_match_the_name_or_are_noted():
     """`..._4xb2-80k_cityscapes-512x1024`: 80000 iterations, 512x1024 crops, unless a note says why not."""
     for name, entry in MANIFEST.items():
         iters = int(re.search(r"-(\d+)k_", name).group(1)) * 1000
-        crop = [int(v) for v in re.search(r"-(\d+)x(\d+)$", name).groups()]
+        crop = [int(v) for v in re.search(r"-(\d+)x(\d+)(?=_|$)", name).groups()]  # not a test scale after it
         if entry["iters"] != iters or entry["crop_size"] != crop:
             assert "the name says" in entry["notes"], name
 
@@ -104,6 +104,50 @@ def test_crop_size_and_iters_are_read_from_the_config():
         assert (facts["crop_size"], facts["iters"]) == (entry["crop_size"], entry["iters"])
     assert MANIFEST["fcn_r50-d8_4xb2-40k_cityscapes-769x769"]["crop_size"] == [769, 769]
     assert MANIFEST["deeplabv3_r101-d8_4xb2-amp-80k_cityscapes-512x1024"]["iters"] == 40000
+
+
+NIGHT_SETS = {"dark-zurich": "Dark Zurich", "night-driving": "Nighttime Driving"}
+NIGHT_PARENTS = ["pspnet_r50-d8_4xb2-40k_cityscapes-512x1024", "pspnet_r50-d8_4xb2-80k_cityscapes-512x1024",
+                 "pspnet_r101-d8_4xb2-40k_cityscapes-512x1024", "pspnet_r101b-d8_4xb2-80k_cityscapes-512x1024"]
+
+
+@pytest.mark.parametrize("night", sorted(NIGHT_SETS))
+@pytest.mark.parametrize("parent", NIGHT_PARENTS)
+def test_night_time_configs_carry_their_cityscapes_weights(parent, night):
+    """PSPNet's night-time configs test a Cityscapes model on Dark Zurich / Nighttime Driving: the parent's
+    weights and training facts, the night set's dataset name, no metrics of their own, and a note."""
+    entry, base = MANIFEST[f"{parent}_{night}-1920x1080"], MANIFEST[parent]
+    assert base["dataset"] == "Cityscapes" and base["metrics"]
+    assert entry["dataset"] == NIGHT_SETS[night]
+    assert entry["metrics"] == {}
+    assert (entry["weights"], entry["sha256_prefix"]) == (base["weights"], base["sha256_prefix"])
+    for key in ("method", "batch_size", "architecture", "crop_size", "iters", "memory_gb"):
+        assert entry[key] == base[key], key
+    assert entry["notes"] == (f"evaluates the weights of {parent} (trained on Cityscapes); "
+                              "MMSegmentation publishes no separate result")
+
+
+def test_only_test_data_changes_make_a_retest_entry(tmp_path):
+    """A config on a zoo model's `_base_` enters as a re-test only when nothing but the test data changes."""
+    tool = _tool()
+    name = "pspnet_r50-d8_4xb2-40k_cityscapes-512x1024"
+    (tmp_path / "pspnet").mkdir()
+    (tmp_path / "_base_").symlink_to(CONFIG_ROOT / "_base_")
+    for stem in (name, f"{name}_dark-zurich-1920x1080"):
+        (tmp_path / "pspnet" / f"{stem}.py").write_text((CONFIG_ROOT / "pspnet" / f"{stem}.py").read_text())
+    retrained = tmp_path / "pspnet" / f"{name}_night-driving-1920x1080.py"
+    retrained.write_text((CONFIG_ROOT / "pspnet" / f"{name}_night-driving-1920x1080.py").read_text()
+                         + "\ntrain_cfg = dict(max_iters=20000)\n")
+    fact = {"name": name, "method_folder": "pspnet", "dataset": "Cityscapes", "metrics": {"mIoU": 77.85},
+            "batch_size": 8, "architecture": ["R-50-D8", "PSPNet"], "memory_gb": 6.1,
+            "weights": "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/x/x_20200605_003338-2966598c.pth"}
+    built = tool.build([fact], tmp_path)
+    assert list(built) == [name, f"{name}_dark-zurich-1920x1080"]
+    assert built[f"{name}_dark-zurich-1920x1080"]["sha256_prefix"] == "2966598c"
+    (tmp_path / "pspnet" / f"{name}_dark-zurich-1920x1080.py").write_text(
+        f"_base_ = './{name}.py'\ntest_dataloader = dict(dataset=dict(type='ADE20KDataset'))\n")
+    with pytest.raises(KeyError, match="ADE20KDataset"):
+        tool.build([fact], tmp_path)
 
 
 def test_sha256_prefix_rejects_a_url_without_hash():
@@ -130,12 +174,15 @@ def test_all_published_names_of_the_five_methods_are_present():
 
 
 def test_every_published_weights_file_is_in_the_manifest_once():
-    """Duplicated names in the metafile: each weights file ends up under the config it was trained with."""
+    """Duplicated names in the metafile: each weights file ends up under the config it was trained with
+    (and again under the configs that only re-test that model, e.g. on Dark Zurich)."""
     tool = _tool()
     urls = [tool.fix_url(fact["weights"])[0] for fact in _facts() if fact["method_folder"] in METHODS]
-    listed = [entry["weights"] for entry in MANIFEST.values() if entry["weights"]]
-    assert sorted(listed) == sorted(set(urls))
-    by_url = {entry["weights"]: name for name, entry in MANIFEST.items() if entry["weights"]}
+    trained = {name: entry for name, entry in MANIFEST.items()
+               if entry["weights"] and not entry["notes"].startswith("evaluates the weights of")}
+    assert len(trained) < len([entry for entry in MANIFEST.values() if entry["weights"]])
+    assert sorted(entry["weights"] for entry in trained.values()) == sorted(set(urls))
+    by_url = {entry["weights"]: name for name, entry in trained.items()}
     sibling = by_url[next(u for u in urls if "/pspnet_r50-d32_512x1024_80k_cityscapes/" in u)]
     assert sibling == "pspnet_r50-d32_4xb2-80k_cityscapes-512x1024"
     assert "pspnet_r50-d32_4xb2-80k_cityscapes-512x1024" in MANIFEST["pspnet_r50b-d32_4xb2-80k_cityscapes-512x1024"]["notes"]

@@ -3,7 +3,9 @@
 Reads MMSegmentation 1.2.2's published model facts (a JSON list: name, method folder, dataset, metrics,
 batch size, architecture, memory, weights URL) and the configs under ``semseg/configs``; a model enters
 the manifest only when its config file exists, so the manifest grows with the zoo. Crop size and
-iteration count come from the config itself.
+iteration count come from the config itself. A shipped config that only tests a zoo model on another
+dataset (its ``_base_``, changed in nothing but the test data: PSPNet on Dark Zurich) enters with that
+model's weights and no metrics of its own.
 
     python tools/make_zoo_manifest.py [FACTS_JSON] [--check]
 
@@ -13,6 +15,7 @@ iteration count come from the config itself.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -42,6 +45,11 @@ OWN_ARCHITECTURE = {
     "deeplabv3plus_r50-d8_4xb4-40k_pascal-context-480x480": ["R-50-D8", "DeepLabV3+"],
     "deeplabv3plus_r50-d8_4xb4-80k_pascal-context-480x480": ["R-50-D8", "DeepLabV3+"],
 }
+
+# Test-only configs: the test dataset type -> the manifest's dataset name. A config whose single `_base_` is
+# a zoo model and which differs from it only in these keys evaluates that model's weights on the dataset.
+TEST_DATASETS = {"DarkZurichDataset": "Dark Zurich", "NightDrivingDataset": "Nighttime Driving"}
+TEST_ONLY_KEYS = {"test_pipeline", "test_dataloader"}
 
 
 def fix_url(url: str) -> tuple[str, str | None]:
@@ -81,7 +89,9 @@ def config_facts(path: Path) -> dict[str, Any]:
     if named_iters and int(named_iters.group(1)) * 1000 != iters:
         notes.append(f"the name says {named_iters.group(1)}k iterations but the config, as MMSegmentation "
                      f"1.2.2's, trains {iters} iterations")
-    named_crop = re.search(r"-(\d+)x(\d+)$", path.stem)
+    # The first `-HxW` is the training crop; a test-only config adds its test scale after it
+    # (`..._cityscapes-512x1024_dark-zurich-1920x1080`).
+    named_crop = re.search(r"-(\d+)x(\d+)(?=_|$)", path.stem)
     if named_crop and [int(named_crop.group(1)), int(named_crop.group(2))] != crop:
         notes.append(f"the name says {named_crop.group(1)}x{named_crop.group(2)} but the config, as "
                      f"MMSegmentation 1.2.2's, crops {crop[0]}x{crop[1]} in training"
@@ -103,6 +113,35 @@ def _entry(fact: dict, notes: list[str], config: str) -> dict[str, Any]:
         "memory_gb": fact["memory_gb"],
         "notes": "; ".join(notes),
     }
+
+
+def single_base(path: Path) -> Path | None:
+    """The file a config's ``_base_`` names when it names exactly one (``_base_ = './parent.py'``)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_base_" for t in node.targets):
+            value = ast.literal_eval(node.value)
+            return (path.parent / value).resolve() if isinstance(value, str) else None
+    return None
+
+
+def retest_entry(path: Path, parent: dict[str, Any], config_root: Path) -> dict[str, Any] | None:
+    """The manifest entry of a config that only re-tests its ``_base_`` zoo model (entry ``parent``) on
+    another dataset, or None when it changes anything besides ``test_pipeline`` / ``test_dataloader``."""
+    from semseg.config import Config
+
+    ours = Config.fromfile(path).to_dict()
+    theirs = Config.fromfile(config_root / parent["config"]).to_dict()
+    if not {key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)} <= TEST_ONLY_KEYS:
+        return None
+    test_type = ours["test_dataloader"]["dataset"]["type"]
+    if test_type not in TEST_DATASETS:
+        raise KeyError(f"{path}: test-only config on {test_type}, which TEST_DATASETS does not name")
+    parent_name = Path(parent["config"]).stem
+    from_config = config_facts(path)
+    notes = [f"evaluates the weights of {parent_name} (trained on {parent['dataset']}); MMSegmentation "
+             "publishes no separate result"] + from_config.pop("notes")
+    return {**parent, "config": f"{parent['method']}/{path.stem}.py", "dataset": TEST_DATASETS[test_type],
+            "metrics": {}, **from_config, "notes": "; ".join(notes)}
 
 
 def build(facts: list[dict], config_root: Path = CONFIG_ROOT) -> dict[str, dict]:
@@ -145,7 +184,15 @@ def build(facts: list[dict], config_root: Path = CONFIG_ROOT) -> dict[str, dict]
         manifest[name] = {key: entry[key] for key in (
             "config", "method", "dataset", "weights", "sha256_prefix", "metrics", "batch_size",
             "architecture", "crop_size", "iters", "memory_gb", "notes")}
-    return manifest
+
+    by_file = {(config_root / entry["config"]).resolve(): entry for entry in manifest.values()}
+    for path in sorted(config_root.glob("*/*.py")):
+        parent = by_file.get(single_base(path))
+        if path.stem not in manifest and parent is not None:
+            entry = retest_entry(path, parent, config_root)
+            if entry is not None:
+                manifest[path.stem] = entry
+    return dict(sorted(manifest.items()))
 
 
 def render(manifest: dict[str, dict]) -> str:

@@ -107,8 +107,8 @@ def test_crop_size_and_iters_are_read_from_the_config():
 
 
 NIGHT_SETS = {"dark-zurich": "Dark Zurich", "night-driving": "Nighttime Driving"}
-NIGHT_PARENTS = ["pspnet_r50-d8_4xb2-40k_cityscapes-512x1024", "pspnet_r50-d8_4xb2-80k_cityscapes-512x1024",
-                 "pspnet_r101-d8_4xb2-40k_cityscapes-512x1024", "pspnet_r101b-d8_4xb2-80k_cityscapes-512x1024"]
+NIGHT_PARENTS = [f"pspnet_{model}_cityscapes-512x1024" for model in ("r50-d8_4xb2-40k", "r50-d8_4xb2-80k",
+                                                                     "r101-d8_4xb2-40k", "r101b-d8_4xb2-80k")]
 
 
 @pytest.mark.parametrize("night", sorted(NIGHT_SETS))
@@ -138,9 +138,9 @@ def test_only_test_data_changes_make_a_retest_entry(tmp_path):
     retrained = tmp_path / "pspnet" / f"{name}_night-driving-1920x1080.py"
     retrained.write_text((CONFIG_ROOT / "pspnet" / f"{name}_night-driving-1920x1080.py").read_text()
                          + "\ntrain_cfg = dict(max_iters=20000)\n")
+    url = "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/x/x_20200605_003338-2966598c.pth"
     fact = {"name": name, "method_folder": "pspnet", "dataset": "Cityscapes", "metrics": {"mIoU": 77.85},
-            "batch_size": 8, "architecture": ["R-50-D8", "PSPNet"], "memory_gb": 6.1,
-            "weights": "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/x/x_20200605_003338-2966598c.pth"}
+            "batch_size": 8, "architecture": ["R-50-D8", "PSPNet"], "memory_gb": 6.1, "weights": url}
     built = tool.build([fact], tmp_path)
     assert list(built) == [name, f"{name}_dark-zurich-1920x1080"]
     assert built[f"{name}_dark-zurich-1920x1080"]["sha256_prefix"] == "2966598c"

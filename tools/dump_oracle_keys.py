@@ -1,8 +1,10 @@
 """Record the state-dict keys and shapes of the oracle's (MMSegmentation 1.2.2) zoo models.
 
-For each zoo name of the chosen methods in the zoo facts file, the oracle's own config file
-(``<mmseg>/.mim/configs/<method>/<name>.py``) is built with MMSegmentation and ``{key: shape}`` of its
-state dict recorded. Models are built on the ``meta`` device (no memory, no init), falling back to the CPU.
+For each zoo name of the chosen methods in the zoo facts file, and each config semseg ships for those
+methods that the oracle also has (parents such as the R-50 Pascal Context configs, the night-time PSPNet
+configs), the oracle's own config file (``<mmseg>/.mim/configs/<method>/<name>.py``) is built with
+MMSegmentation and ``{key: shape}`` of its state dict recorded. Models are built on the ``meta`` device
+(no memory, no init), falling back to the CPU.
 Identical key->shape maps are stored once:
 
     {"mmseg_version": ..., "models": {"0": {key: [shape...]}}, "names": {name: "0"}, "failed": {name: why}}
@@ -25,11 +27,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "conformance"))
 
-from oracle import install_ext_stub, load_oracle_config, prepare_model_cfg  # noqa: E402
+from oracle import install_ext_stub, load_oracle_config, mmseg_config_dir, prepare_model_cfg  # noqa: E402
 
 DEFAULT_FACTS = Path("/work/shared/reference/mmseg_zoo_facts.json")
 DEFAULT_OUT = REPO / "tests" / "conformance" / "fixtures" / "oracle_keys.json.gz"
 DEFAULT_METHODS = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet"]
+CONFIG_ROOT = REPO / "semseg" / "configs"
 
 
 def key_shapes(model_cfg: dict) -> dict[str, list[int]]:
@@ -45,24 +48,35 @@ def key_shapes(model_cfg: dict) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
+def model_names(facts: Path, methods: list[str]) -> list[tuple[str, str]]:
+    """``(name, method folder)`` to record: the facts file's names of ``methods``, then the configs semseg
+    ships under those method folders that the oracle's tree also has (each name once)."""
+    names: dict[str, str] = {}
+    for entry in json.loads(facts.read_text()):
+        if entry["method_folder"] in methods:
+            names.setdefault(entry["name"], entry["method_folder"])
+    oracle = mmseg_config_dir()
+    for method in methods:
+        for path in sorted((CONFIG_ROOT / method).glob("*.py")):
+            if (oracle / method / path.name).is_file():
+                names.setdefault(path.stem, method)
+    return list(names.items())
+
+
 def dump(facts: Path, methods: list[str], out: Path) -> dict:
-    """Build every zoo model of ``methods`` listed in ``facts`` and write the gzip JSON fixture to ``out``."""
+    """Build every model ``model_names`` lists and write the gzip JSON fixture to ``out``."""
     install_ext_stub()
     import mmseg
     from mmengine.registry import init_default_scope
 
     init_default_scope("mmseg")
-    entries = [e for e in json.loads(facts.read_text()) if e["method_folder"] in methods]
     models: dict[str, dict] = {}
     ids: dict[str, str] = {}  # canonical JSON of a key->shape map -> its id
     names: dict[str, str] = {}
     failed: dict[str, str] = {}
-    for entry in entries:
-        name = entry["name"]
-        if name in names or name in failed:
-            continue
+    for name, method in model_names(facts, methods):
         try:
-            shapes = key_shapes(prepare_model_cfg(load_oracle_config(name, entry["method_folder"]).model))
+            shapes = key_shapes(prepare_model_cfg(load_oracle_config(name, method).model))
         except Exception as err:  # record and go on: the fixture says which names the oracle cannot build
             failed[name] = f"{type(err).__name__}: {err}"
             print(f"FAILED {name}: {failed[name]}", file=sys.stderr)

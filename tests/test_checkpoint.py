@@ -303,10 +303,30 @@ def test_file_url_download_is_cached(tmp_path):
     src = write_weights(tmp_path / "server", "pspnet.pth")
     cache = tmp_path / "cache"
     got = download_checkpoint(src.as_uri(), cache_dir=cache)
-    assert got == cache / "pspnet.pth" and got.read_bytes() == src.read_bytes()
+    assert got.name == "pspnet.pth" and got.read_bytes() == src.read_bytes()
     src.unlink()
     assert download_checkpoint(src.as_uri(), cache_dir=cache) == got  # served from the cache
-    assert [p.name for p in cache.iterdir()] == ["pspnet.pth"]
+    assert [p.name for p in cache.rglob("*") if p.is_file()] == ["pspnet.pth"]
+
+
+def test_same_name_at_two_urls_are_two_files(tmp_path):
+    """Names without a content hash (latest.pth) are cached per URL, never confused."""
+    first = write_weights(tmp_path / "run_a", "latest.pth")
+    second = write_weights(tmp_path / "run_b", "latest.pth")
+    save_checkpoint({"state_dict": {"conv.weight": torch.ones(1)}}, second)  # another run, other weights
+    cache = tmp_path / "cache"
+    got_first = download_checkpoint(first.as_uri(), cache_dir=cache)
+    got_second = download_checkpoint(second.as_uri(), cache_dir=cache)
+    assert got_first != got_second
+    assert got_first.read_bytes() == first.read_bytes() and got_second.read_bytes() == second.read_bytes()
+
+
+def test_hashed_names_are_cached_by_name(tmp_path):
+    probe = write_weights(tmp_path / "server", "probe.pth")
+    digest = hashlib.sha256(probe.read_bytes()).hexdigest()
+    named = probe.rename(probe.with_name(f"fcn-{digest[:8]}.pth"))
+    cache = tmp_path / "cache"
+    assert download_checkpoint(named.as_uri(), cache_dir=cache) == cache / named.name
 
 
 def test_default_cache_dir_and_load_from_url(tmp_path, monkeypatch):
@@ -314,7 +334,7 @@ def test_default_cache_dir_and_load_from_url(tmp_path, monkeypatch):
     monkeypatch.setenv("SEMSEG_HOME", str(tmp_path / "home"))
     model = Tiny()
     load_checkpoint(model, src.as_uri())
-    assert (tmp_path / "home" / "checkpoints" / "fcn.pth").is_file()
+    assert [p.name for p in (tmp_path / "home" / "checkpoints").rglob("*.pth")] == ["fcn.pth"]
     assert torch.equal(model.conv.weight, load_state_dict_file(src)[0]["conv.weight"])
 
 

@@ -331,7 +331,7 @@ def download_checkpoint(url: str, cache_dir: str | Path | None = None) -> Path:
 
     The file is written to a temporary name in the cache directory and renamed when complete, so the cache
     never holds a partial file. A name with a hash suffix (``..._20200604_192608-efe53f0d.pth``) is checked
-    against the first hex digits of the file's SHA-256.
+    against the first hex digits of the file's SHA-256 and cached by name; other names are cached per URL.
 
     Args:
         url: where the checkpoint lives.
@@ -341,12 +341,16 @@ def download_checkpoint(url: str, cache_dir: str | Path | None = None) -> Path:
     if not name:
         raise ValueError(f"cannot tell a file name from the URL {url}")
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    match = _HASH_IN_NAME.search(name)
+    expected = match.group(1) if match else None
+    if expected is None:
+        # A name without a content hash (latest.pth, iter_8000.pth) may stand for different files at
+        # different URLs: keep each URL's copy apart.
+        cache = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
     dest = cache / name
     if dest.is_file():
         return dest
     cache.mkdir(parents=True, exist_ok=True)
-    match = _HASH_IN_NAME.search(name)
-    expected = match.group(1) if match else None
     logger.info("downloading %s to %s", url, dest)
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
     try:

@@ -12,20 +12,28 @@ import torch.distributed as dist
 def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
-    Returns ``(rank, world_size, device)``. Without ``WORLD_SIZE`` > 1 nothing is initialized. The
-    backend is NCCL when CUDA is available (each process takes GPU ``LOCAL_RANK``), else Gloo.
+    Returns ``(rank, world_size, device)``. Without ``WORLD_SIZE`` > 1 nothing is initialized and
+    ``device`` is used as given (default: ``cuda`` when available, else ``cpu``). Under torchrun each
+    process takes GPU ``LOCAL_RANK`` with NCCL, or the CPU with Gloo when ``device='cpu'`` or there is no
+    GPU. Asking for CUDA without one is an error, not a silent fall-back to the CPU.
     """
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available here")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
-    else:
-        chosen = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    return rank(), world_size if dist.is_initialized() else 1, chosen
+    use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    if world_size > 1:
+        if use_cuda:
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(chosen)
+        else:
+            chosen = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+        return rank(), dist.get_world_size(), chosen
+    chosen = torch.device(device) if device is not None else torch.device("cuda" if use_cuda else "cpu")
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return 0, 1, chosen
 
 
 def rank() -> int:
@@ -59,6 +67,15 @@ def broadcast_object(obj):
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every process's ``obj``, in rank order (``[obj]`` on one process)."""
+    if world_size() == 1:
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

@@ -26,10 +26,12 @@ _CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
 
 
 def pretrained_source(model_cfg: dict) -> str | None:
-    """The backbone weights a model config asks for: ``pretrained`` or a ``Pretrained`` backbone init_cfg."""
-    if model_cfg.get("pretrained"):
-        return model_cfg["pretrained"]
-    init_cfg = (model_cfg.get("backbone") or {}).get("init_cfg")
+    """The backbone weights a model config asks for: ``pretrained`` (of the model or the backbone) or a
+    ``Pretrained`` backbone init_cfg."""
+    backbone = model_cfg.get("backbone") or {}
+    if model_cfg.get("pretrained") or backbone.get("pretrained"):
+        return model_cfg.get("pretrained") or backbone["pretrained"]
+    init_cfg = backbone.get("init_cfg")
     if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
         return init_cfg.get("checkpoint")
     return None

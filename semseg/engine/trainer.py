@@ -99,8 +99,13 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
         path = Path(pointer.read_text().strip())
         if path.is_file():
             return path
-    found = [(int(m.group(1)), p) for p in work_dir.glob("iter_*.pth") if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return max(found)[1] if found else None
+    found = iter_checkpoints(work_dir)
+    return found[-1][1] if found else None
+
+
+def iter_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    """The ``iter_N.pth`` files of a work dir as ``(N, path)``, oldest first."""
+    return sorted((int(m.group(1)), p) for p in work_dir.glob("iter_*.pth") if (m := CHECKPOINT_PATTERN.search(p.name)))
 
 
 class Trainer:
@@ -149,14 +154,8 @@ class Trainer:
         self.save_best = checkpoint_hook.get("save_best")
         self.log_interval = int((hooks.get("logger") or {}).get("interval", 50))
 
-        model_cfg = cfg.model.to_dict()
-        self.model = build("segmentor", model_cfg).to(self.device)
-        self.module = self.model
-        if self.world_size > 1:
-            self.model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.get("find_unused_parameters", False),
-            )
+        self.module = build("segmentor", cfg.model.to_dict()).to(self.device)
+        self.model = self.module  # what trains: the module, or its DDP wrapper once the weights are loaded
 
         optim_cfg = cfg.optim_wrapper.to_dict()
         if amp:
@@ -174,21 +173,31 @@ class Trainer:
         self.last_good: Path | None = None
         self.val_loader = None
         self.last_scores: dict | None = None
+        self.dataset_meta: dict | None = None
 
     # ----------------------------------------------------------------------------------------------- state
     def state(self) -> dict:
+        """Everything a resume needs; every process must call it (it gathers each one's RNG states)."""
         return {
             "meta": {"iter": self.iter, "seed": self.seed, "best_score": self.best_score,
                      "best_path": str(self.best_path) if self.best_path else None,
-                     "dataset_meta": getattr(self, "dataset_meta", None)},
+                     "dataset_meta": self.dataset_meta},
             "state_dict": self.module.state_dict(),
             "optimizer": self.optim_wrapper.state_dict(),
             "param_schedulers": self.schedulers.state_dict(),
-            "rng": rng_state(),
+            "rng": distributed.all_gather_object(rng_state()),  # one entry per rank
         }
 
     def load_state(self, path: Path) -> None:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        """Continue from a checkpoint :meth:`state` wrote."""
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise RuntimeError(f"cannot read checkpoint {path} to resume from: {error}") from error
+        missing = [k for k in ("state_dict", "optimizer", "param_schedulers", "meta", "rng") if k not in checkpoint]
+        if missing:
+            raise KeyError(f"{path} is not a semseg training checkpoint (it has no {', '.join(missing)}): to start "
+                           "from its weights, set load_from to it without resuming")
         self.module.load_state_dict(checkpoint["state_dict"])
         self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
         self.schedulers.load_state_dict(checkpoint["param_schedulers"])
@@ -197,22 +206,25 @@ class Trainer:
         self.seed = int(meta["seed"])
         self.best_score = meta.get("best_score")
         self.best_path = Path(meta["best_path"]) if meta.get("best_path") else None
-        set_rng_state(checkpoint["rng"])
+        states = checkpoint["rng"]
+        if len(states) != self.world_size:
+            self.logger.info(f"resuming on {self.world_size} process(es) from a run on {len(states)}: random "
+                             "streams continue from rank 0's, so the run is not bit-identical to one never stopped")
+        set_rng_state(states[self.rank] if len(states) == self.world_size else states[0])
         self.last_good = path
 
     def save(self) -> Path:
         """Write ``iter_N.pth`` atomically, point ``last_checkpoint`` at it, drop the oldest beyond
         ``max_keep_ckpts``."""
         path = self.work_dir / f"iter_{self.iter}.pth"
+        state = self.state()
         if self.is_main:
-            save_checkpoint(self.state(), path)
+            save_checkpoint(state, path)
             tmp = self.work_dir / "last_checkpoint.tmp"
             tmp.write_text(str(path.resolve()))
             tmp.replace(self.work_dir / "last_checkpoint")
             if self.max_keep_ckpts > 0:
-                found = sorted((int(m.group(1)), p) for p in self.work_dir.glob("iter_*.pth")
-                               if (m := CHECKPOINT_PATTERN.search(p.name)))
-                for _, old in found[:-self.max_keep_ckpts]:
+                for _, old in iter_checkpoints(self.work_dir)[:-self.max_keep_ckpts]:
                     old.unlink(missing_ok=True)
         distributed.barrier()
         self.last_good = path
@@ -225,9 +237,13 @@ class Trainer:
             self.cfg.dump(self.work_dir / (Path(self.cfg.filename).name if self.cfg.filename else "config.py"))
         resume_from = None
         if self.resume:
-            resume_from = latest_checkpoint(self.work_dir) if self.resume is True else Path(self.resume)
-            if self.resume is not True and not resume_from.is_file():
-                raise FileNotFoundError(f"--resume-from {resume_from}: no such checkpoint")
+            # rank 0 decides, so that every process continues from the same checkpoint
+            chosen = latest_checkpoint(self.work_dir) if self.resume is True else Path(self.resume)
+            resume_from = distributed.broadcast_object(None if chosen is None else str(chosen))
+            resume_from = None if resume_from is None else Path(resume_from)
+            if resume_from is not None and not resume_from.is_file():
+                shared = " (resuming on several machines needs a shared work dir)" if self.world_size > 1 else ""
+                raise FileNotFoundError(f"checkpoint to resume from not found: {resume_from}{shared}")
         if resume_from is not None:
             self.load_state(resume_from)
             self.logger.info(f"resumed from {resume_from} at iteration {self.iter}")
@@ -237,6 +253,11 @@ class Trainer:
         elif source := pretrained_source(self.cfg.model.to_dict()):
             load_pretrained_backbone(self.module.backbone, source)
             self.logger.info(f"loaded pretrained backbone weights {source}")
+        if self.world_size > 1:  # DDP starts every process from rank 0's parameters and buffers
+            self.model = DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.get("find_unused_parameters", False),
+            )
 
     def train(self) -> torch.nn.Module:
         """Run until ``max_iters``; returns the (unwrapped) model."""
@@ -252,6 +273,13 @@ class Trainer:
         progress = Progress(self.iter, self.max_iters)
         self.logger.info(f"training {self.max_iters} iterations on {self.world_size} process(es), device {self.device}")
         self.model.train()
+        try:
+            self._loop(batches, progress)
+        finally:
+            self.logger.close()
+        return self.module
+
+    def _loop(self, batches: Iterator[dict], progress: Progress) -> None:
         while self.iter < self.max_iters:
             with rng_preserved():  # the loader's first batch draws its base seed: not part of training's draws
                 batch = next(batches)
@@ -274,12 +302,11 @@ class Trainer:
             progress.mark_iter()
             if self.iter % self.log_interval == 0 or self.iter == self.max_iters:
                 self._log_train(losses, progress)
-            if self.iter % self.checkpoint_interval == 0 or self.iter == self.max_iters:
-                self.save()
+            # validate first, so that a checkpoint written at this iteration knows the best score so far
             if self.iter % self.val_interval == 0 or self.iter == self.max_iters:
                 self.validate()
-        self.logger.close()
-        return self.module
+            if self.iter % self.checkpoint_interval == 0 or self.iter == self.max_iters:
+                self.save()
 
     def _check_labels(self, batch: dict) -> None:
         """Label values must be classes or ``ignore_index``; name the file of any that is not."""
@@ -328,14 +355,19 @@ class Trainer:
         self.logger.info(f"Iter(val) [{self.iter}]  " + "  ".join(f"{k}: {v:.2f}" for k, v in summary.items()))
         if self.save_best:
             key = self.save_best if self.save_best != "auto" else "mIoU"
-            score = summary.get(key)
-            if score is not None and (self.best_score is None or score > self.best_score):
+            if key not in summary:
+                raise KeyError(f"default_hooks.checkpoint.save_best={key!r} is not among the validation metrics "
+                               f"{sorted(summary)} (val_evaluator.iou_metrics decides which are computed)")
+            score = summary[key]
+            if self.best_score is None or score > self.best_score:
+                previous = self.best_path
                 self.best_score = score
+                self.best_path = self.work_dir / f"best_{key}_iter_{self.iter}.pth"
+                state = self.state()
                 if self.is_main:
-                    if self.best_path is not None:
-                        self.best_path.unlink(missing_ok=True)
-                    self.best_path = self.work_dir / f"best_{key}_iter_{self.iter}.pth"
-                    save_checkpoint(self.state(), self.best_path)
+                    save_checkpoint(state, self.best_path)
+                    if previous is not None and previous != self.best_path:
+                        previous.unlink(missing_ok=True)
                 self.logger.info(f"best {key} {score:.2f} at iteration {self.iter}")
         self.last_scores = summary
         self.model.train()

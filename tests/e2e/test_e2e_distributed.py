@@ -51,6 +51,7 @@ def test_checkpoint_loads_into_a_fresh_model(run):
     checkpoint = load(work_dir / f"iter_{MAX_ITERS}.pth")
     assert checkpoint["meta"]["iter"] == MAX_ITERS
     assert not any(key.startswith("module.") for key in checkpoint["state_dict"])  # the model, not the DDP wrapper
+    assert len(checkpoint["rng"]) == 2  # each rank's random state, for an exact resume on two processes
     model = semseg.init_model(work_dir / CONFIG.name, work_dir / f"iter_{MAX_ITERS}.pth")  # strict
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, checkpoint["state_dict"][name]), name
@@ -64,3 +65,27 @@ def test_validation_scores_the_saved_model(run, tmp_path):
     run_semseg("test", work_dir / CONFIG.name, work_dir / f"iter_{MAX_ITERS}.pth", "--work-dir", tmp_path)
     scores = json.loads((tmp_path / "test_metrics.json").read_text())
     assert scores == {key: val[key] for key in scores}
+
+
+def _torchrun_train(work_dir, *options: str, flags: tuple = ()) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "-m", "semseg.cli", "train", str(CONFIG), "--work-dir", str(work_dir),
+               "--device", "cpu", *map(str, flags), "--cfg-options", *options]
+    proc = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_process_resume_is_exact(tmp_path):
+    """Resuming a two-process run (each rank with its own random stream) from a middle checkpoint ends
+    with the weights of the run that went straight through."""
+    options = ["train_dataloader.batch_size=2", "train_cfg.max_iters=8", "train_cfg.val_interval=100",
+               "default_hooks.checkpoint.interval=4", "val_dataloader.dataset.num_samples=2",
+               "randomness.seed=0", "randomness.diff_rank_seed=True", "randomness.deterministic=True"]
+    _torchrun_train(tmp_path / "straight", *options)
+    _torchrun_train(tmp_path / "resumed", *options, flags=("--resume-from", tmp_path / "straight" / "iter_4.pth"))
+    straight = load(tmp_path / "straight" / "iter_8.pth")["state_dict"]
+    resumed = load(tmp_path / "resumed" / "iter_8.pth")["state_dict"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    halfway = load(tmp_path / "straight" / "iter_4.pth")["state_dict"]
+    assert not all(torch.equal(straight[k], halfway[k]) for k in straight)  # the last 4 iterations did train

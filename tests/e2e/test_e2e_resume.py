@@ -85,4 +85,4 @@ def test_resume_from_a_checkpoint_elsewhere(uninterrupted, tmp_path):
 def test_resume_from_a_missing_checkpoint_fails(tmp_path):
     proc = run_semseg(*train_args(tmp_path / "work", *OPTIONS, flags=("--resume-from", tmp_path / "nope.pth")),
                       check=False)
-    assert proc.returncode != 0 and "nope.pth" in proc.stderr and "no such checkpoint" in proc.stderr
+    assert proc.returncode != 0 and "checkpoint to resume from not found" in proc.stderr and "nope.pth" in proc.stderr

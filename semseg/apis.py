@@ -13,8 +13,8 @@ from semseg.build import build
 from semseg.config import Config, load_config
 from semseg.data.transforms import Compose
 from semseg.engine.checkpoint import load_checkpoint
-from semseg.models.inference import merge_views, restore_view
-from semseg.zoo import manifest
+from semseg.models.inference import predict_views
+from semseg.zoo import model_info
 
 
 @dataclass
@@ -44,10 +44,9 @@ def init_model(
     model_cfg = cfg.model.to_dict()
     model = build("segmentor", model_cfg)
     if checkpoint == "zoo":
-        name = Path(str(config)).stem
-        if name not in manifest():
-            raise KeyError(f"checkpoint='zoo' needs a zoo name; {config!r} is not one")
-        checkpoint = manifest()[name]["weights"]
+        checkpoint = model_info(Path(str(config)).stem)["weights"]
+        if checkpoint is None:
+            raise KeyError(f"the zoo lists no weights for {config!r} (see its notes: `semseg zoo`)")
     if checkpoint is not None:
         result = load_checkpoint(model, checkpoint, strict=strict)
         classes = result.meta.get("dataset_meta", {}).get("classes") if isinstance(result.meta, dict) else None
@@ -92,15 +91,9 @@ def inference_model(model: torch.nn.Module, image: str | Path | np.ndarray, tta:
     from_array = isinstance(image, np.ndarray)
     packed = _pipeline(getattr(model, "cfg", None), from_array, tta)({"img": image} if from_array else
                                                                    {"img_path": str(image)})
-    device = next(model.parameters()).device
-    views = [(model.data_preprocessor([view["inputs"].to(device)])[0], view["meta"])
-             for view in (packed if isinstance(packed, list) else [packed])]
-    if tta:
-        scores = merge_views(model, views)
-    else:
-        x, meta = views[0]
-        scores = restore_view(model, model.inference(x), meta)
-    labels = model.predict_labels(scores, probabilities=tta)[0]
+    views = packed if isinstance(packed, list) else [packed]
+    scores, probabilities = predict_views(model, views, next(model.parameters()).device)
+    labels = model.predict_labels(scores, probabilities=probabilities)[0]
     return SegResult(labels=labels.cpu().numpy(), logits=scores[0].cpu())
 
 

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from semseg.models.inference import merge_views, restore_view
+from semseg.evaluation import IoUMetric
+from semseg.models.inference import predict_views
 
 
 def build_eval_loader(dataloader_cfg: dict, seed: int = 0):
@@ -27,16 +28,11 @@ def predict_batch(model: torch.nn.Module, batch: dict | list, device: torch.devi
     inferred on its own (images of a batch may differ in size).
     """
     samples = batch if isinstance(batch, list) else [[sample] for sample in _unbatch(batch)]
-    labels = []
+    predictions = []
     for views in samples:
-        prepared = [(model.data_preprocessor([view["inputs"].to(device)])[0], view["meta"]) for view in views]
-        if len(prepared) == 1:
-            x, meta = prepared[0]
-            scores, probabilities = restore_view(model, model.inference(x), meta), False
-        else:
-            scores, probabilities = merge_views(model, prepared), True
-        labels.append(model.predict_labels(scores, probabilities=probabilities)[0].cpu())
-    return labels
+        scores, probabilities = predict_views(model, views, device)
+        predictions.append(model.predict_labels(scores, probabilities=probabilities)[0].cpu())
+    return predictions
 
 
 def _unbatch(batch: dict) -> list[dict]:
@@ -75,15 +71,25 @@ def evaluate(
     try:
         for step, batch in enumerate(loader):
             predictions = predict_batch(model, batch, device)
-            labels = ground_truth(batch)
-            if labels is not None:
-                metric.process(predictions, [label.cpu() for label in labels])
+            truth = ground_truth(batch)
+            if truth is not None:
+                metric.process(predictions, [label.cpu() for label in truth])
             if on_prediction is not None:
-                for meta, labels in zip(metas(batch), predictions, strict=True):
-                    on_prediction(meta, labels)
+                for meta, prediction in zip(metas(batch), predictions, strict=True):
+                    on_prediction(meta, prediction)
             if progress is not None:
                 progress(step + 1)
     finally:
         model.train(was_training)
     metric.all_reduce()
     return metric.compute()
+
+
+def build_metric(evaluator_cfg: dict | None, dataset) -> IoUMetric:
+    """The config's ``val_evaluator`` (IoUMetric) with the dataset's class names."""
+    cfg = dict(evaluator_cfg.to_dict() if hasattr(evaluator_cfg, "to_dict") else (evaluator_cfg or {"type": "IoUMetric"}))
+    metric_type = cfg.pop("type", "IoUMetric")
+    if metric_type != "IoUMetric":
+        raise NotImplementedError(f"evaluator type {metric_type!r}: only IoUMetric is supported")
+    classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+    return IoUMetric(class_names=classes, **cfg)

@@ -12,8 +12,7 @@ import torch
 
 from semseg.apis import init_model, show_result
 from semseg.engine import distributed
-from semseg.engine.evaluate import build_eval_loader, evaluate
-from semseg.engine.trainer import build_metric
+from semseg.engine.evaluate import build_eval_loader, build_metric, evaluate
 from semseg.evaluation import format_table
 
 

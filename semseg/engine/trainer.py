@@ -24,12 +24,12 @@ from semseg.config import Config
 from semseg.data.loader import build_train_stream
 from semseg.engine import distributed
 from semseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from semseg.engine.evaluate import build_eval_loader, evaluate
+from semseg.engine.evaluate import build_eval_loader, build_metric, evaluate
 from semseg.engine.logging import Progress, RunLogger, memory_mb
 from semseg.engine.optim import build_optim_wrapper
 from semseg.engine.pretrained import load_pretrained_backbone, pretrained_source
 from semseg.engine.schedulers import build_schedulers
-from semseg.evaluation import IoUMetric, format_table
+from semseg.evaluation import format_table
 
 CHECKPOINT_PATTERN = re.compile(r"iter_(\d+)\.pth$")
 
@@ -372,13 +372,3 @@ class Trainer:
         self.last_scores = summary
         self.model.train()
         return scores
-
-
-def build_metric(evaluator_cfg, dataset) -> IoUMetric:
-    """The config's ``val_evaluator`` (IoUMetric) with the dataset's class names."""
-    cfg = dict(evaluator_cfg.to_dict() if hasattr(evaluator_cfg, "to_dict") else (evaluator_cfg or {"type": "IoUMetric"}))
-    metric_type = cfg.pop("type", "IoUMetric")
-    if metric_type != "IoUMetric":
-        raise NotImplementedError(f"evaluator type {metric_type!r}: only IoUMetric is supported")
-    classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
-    return IoUMetric(class_names=classes, **cfg)

@@ -71,3 +71,14 @@ def merge_views(model, views: Sequence[tuple[torch.Tensor, dict]]) -> torch.Tens
         probs = logits.sigmoid() if logits.shape[1] == 1 else F.softmax(logits, dim=1)
         total = probs if total is None else total + probs
     return total / len(views)
+
+
+def predict_views(model, views: Sequence[dict], device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Scores on the original image for one image's packed views (``inputs`` (3, H', W') as loaded,
+    ``meta``): one view gives its restored logits, several (from ``TestTimeAug``) their averaged class
+    probabilities. Returns ``(scores (1, C, H, W), are_probabilities)``."""
+    prepared = [(model.data_preprocessor([view["inputs"].to(device)])[0], view["meta"]) for view in views]
+    if len(prepared) == 1:
+        x, meta = prepared[0]
+        return restore_view(model, model.inference(x), meta), False
+    return merge_views(model, prepared), True

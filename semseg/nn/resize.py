@@ -19,7 +19,7 @@ def resize(
     """Resize an (N, C, H, W) tensor.
 
     With ``align_corners=True``, upsampling is exact only when ``out - 1`` is a multiple of ``in - 1``
-    on both sides (e.g. 33 -> 65); otherwise a warning says the grid is misaligned, as in
+    (e.g. 33 -> 65); when that fails on both sides, a warning says the grid is misaligned, as in
     MMSegmentation, since such models were trained with odd-sized inputs (769 x 769).
     """
     if warning and size is not None and align_corners:

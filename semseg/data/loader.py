@@ -5,16 +5,13 @@ permutation (position ``rank``, ``rank + world_size``, ...), so no sample is rea
 Orders are ``torch.randperm`` with a generator seeded by ``seed`` (``seed + epoch`` for
 ``DefaultSampler``), the same on every rank, so the shares fit together.
 
-``InfiniteSampler`` streams permutation after permutation for iteration-based training. Its position
-(how many samples all ranks together have consumed) is saved and restored with ``state_dict`` /
-``load_state_dict``, so a resumed run reads the same samples as one that never stopped. A DataLoader's
-workers read ahead of training, so the position is advanced per batch *delivered* by the loader that
-``build_dataloader`` returns, not per index drawn.
-
-``build_train_stream`` goes one step further for exact resumption: each sample's augmentation is seeded
-by its position in the global stream (not by worker RNG states, which a checkpoint cannot hold), so a run
-resumed at iteration i sees the same augmented samples as one that never stopped, whatever the number of
-workers.
+``InfiniteSampler`` streams permutation after permutation for iteration-based training. The Trainer
+resumes through ``build_train_stream(start=iterations x batch_size)``: the stream continues at that
+position and each sample's augmentation is seeded by its position in the global stream (not by worker RNG
+states, which a checkpoint cannot hold), so a run resumed at iteration i sees the same augmented samples
+as one that never stopped, whatever the number of workers. For loops of one's own, the loader that
+``build_dataloader`` returns also reports its position (``state_dict``, advanced per batch *delivered*,
+since workers read ahead) and continues from one (``load_state_dict``).
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def init_model(
             raise KeyError(f"the zoo lists no weights for {config!r} (see its notes: `semseg zoo`)")
     if checkpoint is not None:
         result = load_checkpoint(model, checkpoint, strict=strict)
-        classes = result.meta.get("dataset_meta", {}).get("classes") if isinstance(result.meta, dict) else None
-        if classes:
-            model.dataset_meta = {"classes": list(classes)}
+        dataset_meta = result.meta.get("dataset_meta") if isinstance(result.meta, dict) else None
+        if isinstance(dataset_meta, dict) and dataset_meta.get("classes"):
+            model.dataset_meta = {key: dataset_meta[key] for key in ("classes", "palette") if key in dataset_meta}
     model.cfg = cfg
     return model.to(device).eval()
 

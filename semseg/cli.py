@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 
@@ -28,13 +29,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = init_model(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    palette = (getattr(model, "dataset_meta", None) or {}).get("palette")
+    palette = None if palette is None else np.asarray(palette, dtype=np.uint8)[:, ::-1]  # RGB -> BGR
     for image in args.images:
         result = inference_model(model, image, tta=args.tta)
         stem = Path(image).stem
-        import cv2
-
-        cv2.imwrite(str(out_dir / f"{stem}_labels.png"), result.labels.astype(np.uint8))
-        show_result(image, result.labels, out_file=out_dir / f"{stem}_overlay.png")
+        labels_path = out_dir / f"{stem}_labels.png"
+        if not cv2.imwrite(str(labels_path), result.labels.astype(np.uint8)):
+            raise OSError(f"could not write {labels_path}")
+        show_result(image, result.labels, palette=palette, out_file=out_dir / f"{stem}_overlay.png")
         print(f"{image}: {result.labels.shape[1]}x{result.labels.shape[0]} -> {out_dir}/{stem}_*.png")
     return 0
 

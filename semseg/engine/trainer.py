@@ -291,11 +291,13 @@ class Trainer:
             with self.optim_wrapper.optim_context(self.model):
                 losses = self.model(inputs, labels)
             loss = sum(value for key, value in losses.items() if "loss" in key)
-            if not torch.isfinite(loss):
+            # every process learns of a non-finite loss anywhere, so all stop together (none waits in backward)
+            non_finite = distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float())
+            if non_finite > 0:
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
-                raise FloatingPointError(f"loss became {loss.item()} at iteration {self.iter + 1} ({terms}); "
-                                         f"training stopped{kept}")
+                cause = f"loss became {loss.item()}" if not torch.isfinite(loss) else "another process's loss became non-finite"
+                raise FloatingPointError(f"{cause} at iteration {self.iter + 1} ({terms}); training stopped{kept}")
             self.optim_wrapper.update_params(loss)
             self.schedulers.step()
             self.iter += 1

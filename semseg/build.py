@@ -25,6 +25,14 @@ HEADS = {
     "ASPPHead": "semseg.models.heads.aspp:ASPPHead",
     "DepthwiseSeparableASPPHead": "semseg.models.heads.sep_aspp:DepthwiseSeparableASPPHead",
     "UPerHead": "semseg.models.heads.uper:UPerHead",
+    "PSAHead": "semseg.models.heads.psa:PSAHead",
+    "NLHead": "semseg.models.heads.nl:NLHead",
+    "DNLHead": "semseg.models.heads.dnl:DNLHead",
+    "GCHead": "semseg.models.heads.gc:GCHead",
+    "CCHead": "semseg.models.heads.cc:CCHead",
+    "DAHead": "semseg.models.heads.da:DAHead",
+    "EMAHead": "semseg.models.heads.ema:EMAHead",
+    "ANNHead": "semseg.models.heads.ann:ANNHead",
 }
 
 LOSSES = {

@@ -312,14 +312,14 @@ class Trainer:
 
     def _check_labels(self, batch: dict) -> None:
         """Label values must be classes or ``ignore_index``; name the file of any that is not."""
-        head = self.module.decode_head
+        num_classes, ignore_index = self.module.num_classes, self.module.ignore_index
         for label, meta in zip(batch["gt_sem_seg"], batch["meta"], strict=True):
-            bad = (label != head.ignore_index) & ((label < 0) | (label >= head.num_classes))
+            bad = (label != ignore_index) & ((label < 0) | (label >= num_classes))
             if bad.any():
                 values = sorted(set(label[bad].unique().tolist()))[:10]
                 source = meta.get("seg_map_path") or meta.get("img_path") or "a generated sample"
-                raise ValueError(f"label map {source} has values {values} outside the {head.num_classes} classes "
-                                 f"(0..{head.num_classes - 1}) and ignore_index {head.ignore_index}")
+                raise ValueError(f"label map {source} has values {values} outside the {num_classes} classes "
+                                 f"(0..{num_classes - 1}) and ignore_index {ignore_index}")
 
     def _log_train(self, losses: dict, progress: Progress) -> None:
         values = {k: float(v.detach()) for k, v in losses.items()}

@@ -7,7 +7,6 @@ from torch import nn
 
 from semseg.build import build
 from semseg.models.inference import slide_inference, whole_inference
-from semseg.models.losses import head_losses
 from semseg.nn import resize
 
 
@@ -50,38 +49,60 @@ class EncoderDecoder(nn.Module):
         return hasattr(self, "neck")
 
     @property
+    def output_head(self) -> nn.Module:
+        """The decode head whose logits are the model's output (a cascade's last stage)."""
+        return self.decode_head
+
+    @property
     def out_channels(self) -> int:
-        return self.decode_head.out_channels
+        return self.output_head.out_channels
 
     @property
     def num_classes(self) -> int:
-        return self.decode_head.num_classes
+        return self.output_head.num_classes
 
     @property
     def align_corners(self) -> bool:
-        return self.decode_head.align_corners
+        return self.output_head.align_corners
+
+    @property
+    def ignore_index(self) -> int:
+        """The label value that carries no loss (the trainer's label check reads it here)."""
+        return self.output_head.ignore_index
 
     def extract_feat(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (N, 3, H, W) -> multi-level features from the backbone (and neck)."""
         features = self.backbone(x)
         return self.neck(features) if self.with_neck else features
 
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Multi-level features -> logits (N, C, h, w) at the decode head's resolution."""
+        return self.decode_head(features)
+
     def encode_decode(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3, H, W) normalized -> logits (N, C, H, W) resized to the input size."""
-        logits = self.decode_head(self.extract_feat(x))
+        logits = self.decode(self.extract_feat(x))
         return resize(logits, size=x.shape[2:], mode="bilinear", align_corners=self.align_corners)
+
+    def decode_losses(self, features: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decode head's training losses, keyed ``decode.<name>``."""
+        return prefixed("decode", self.decode_head.loss(features, labels))
+
+    def auxiliary_losses(self, features: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The auxiliary heads' losses: ``aux.<name>`` for one head, ``aux_<i>.<name>`` for a list."""
+        if not hasattr(self, "auxiliary_head"):
+            return {}
+        if isinstance(self.auxiliary_head, nn.ModuleList):
+            losses = {}
+            for index, head in enumerate(self.auxiliary_head):
+                losses.update(prefixed(f"aux_{index}", head.loss(features, labels)))
+            return losses
+        return prefixed("aux", self.auxiliary_head.loss(features, labels))
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (N, 3, H, W), labels (N, H, W) long -> ``decode.loss_ce``, ``decode.acc_seg``, ``aux.*``."""
         features = self.extract_feat(x)
-        losses = {f"decode.{k}": v for k, v in head_losses(self.decode_head, self.decode_head(features), labels).items()}
-        if isinstance(getattr(self, "auxiliary_head", None), nn.ModuleList):
-            for index, head in enumerate(self.auxiliary_head):
-                losses.update({f"aux_{index}.{k}": v for k, v in head_losses(head, head(features), labels).items()})
-        elif hasattr(self, "auxiliary_head"):
-            head = self.auxiliary_head
-            losses.update({f"aux.{k}": v for k, v in head_losses(head, head(features), labels).items()})
-        return losses
+        return {**self.decode_losses(features, labels), **self.auxiliary_losses(features, labels)}
 
     def inference(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) at x's size by the strategy ``test_cfg['mode']`` names."""
@@ -97,14 +118,19 @@ class EncoderDecoder(nn.Module):
     def predict_labels(self, scores: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
         """Logits (or, with ``probabilities``, class probabilities) (N, C, H, W) -> labels (N, H, W).
 
-        Argmax over classes; a one-channel head thresholds the sigmoid at ``decode_head.threshold``.
+        Argmax over classes; a one-channel head thresholds the sigmoid at the output head's ``threshold``.
         """
         if scores.shape[1] == 1:
             probs = scores if probabilities else scores.sigmoid()
-            return (probs.squeeze(1) > self.decode_head.threshold).long()
+            return (probs.squeeze(1) > self.output_head.threshold).long()
         return scores.argmax(dim=1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """``model(x)`` is :meth:`inference` (what export runs); ``model(x, labels)`` is :meth:`loss`
         (so DistributedDataParallel, which synchronizes through ``forward``, can train it)."""
         return self.inference(x) if labels is None else self.loss(x, labels)
+
+
+def prefixed(prefix: str, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{'loss_ce': v}`` -> ``{'<prefix>.loss_ce': v}`` (MMSegmentation's loss key names)."""
+    return {f"{prefix}.{key}": value for key, value in losses.items()}

@@ -6,6 +6,8 @@ mmcv names a norm child after its type (``bn``, ``gn``, ``ln``, ``in``), and che
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.distributed as dist
 from torch import nn
 
@@ -56,3 +58,16 @@ def build_norm(norm_cfg: dict, num_features: int) -> tuple[str, nn.Module]:
     for param in layer.parameters():
         param.requires_grad = requires_grad
     return name, layer
+
+
+def add_norms(module: nn.Module, norm_cfg: dict, channels: Sequence[int]) -> tuple[str, ...]:
+    """Register one norm per entry of ``channels`` on ``module`` as ``bn1, bn2, ...``; returns the names.
+
+    mmcv names a block's numbered norms by the norm type plus a position (a GN config gives ``gn1, gn2``);
+    this is the one place those names are made.
+    """
+    prefix = norm_name(norm_cfg)
+    names = tuple(f"{prefix}{i}" for i in range(1, len(channels) + 1))
+    for name, num_features in zip(names, channels, strict=True):
+        module.add_module(name, build_norm(norm_cfg, num_features)[1])
+    return names

@@ -15,20 +15,7 @@ import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from semseg.nn import build_conv, build_norm, norm_name
-
-
-def _add_norms(block: nn.Module, norm_cfg: dict, channels: Sequence[int]) -> tuple[str, ...]:
-    """Register one norm per entry of ``channels`` as ``bn1, bn2, ...`` and return the names.
-
-    mmcv names a block's norms by the norm type plus a position, so a GN config gives ``gn1, gn2, ...``;
-    this is the one place those names are made.
-    """
-    prefix = norm_name(norm_cfg)
-    names = tuple(f"{prefix}{i}" for i in range(1, len(channels) + 1))
-    for name, num_features in zip(names, channels, strict=True):
-        block.add_module(name, build_norm(norm_cfg, num_features)[1])
-    return names
+from semseg.nn import add_norms, build_conv, build_norm
 
 
 class _ResBlock(nn.Module):
@@ -82,7 +69,7 @@ class BasicBlock(_ResBlock):
         self.conv1 = build_conv(conv_cfg, inplanes, planes, 3, stride=stride, padding=dilation,
                                 dilation=dilation, bias=False)
         self.conv2 = build_conv(conv_cfg, planes, planes, 3, padding=1, bias=False)
-        self.norm_names = _add_norms(self, norm_cfg, (planes, planes))
+        self.norm_names = add_norms(self, norm_cfg, (planes, planes))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.norm(1)(self.conv1(x)))
@@ -117,7 +104,7 @@ class Bottleneck(_ResBlock):
         self.conv2 = build_conv(conv_cfg, planes, planes, 3, stride=stride2, padding=dilation,
                                 dilation=dilation, bias=False)
         self.conv3 = build_conv(conv_cfg, planes, planes * self.expansion, 1, bias=False)
-        self.norm_names = _add_norms(self, norm_cfg, (planes, planes, planes * self.expansion))
+        self.norm_names = add_norms(self, norm_cfg, (planes, planes, planes * self.expansion))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.norm(1)(self.conv1(x)))
@@ -266,7 +253,7 @@ class ResNet(nn.Module):
             )
         else:
             self.conv1 = build_conv(conv_cfg, in_channels, stem_channels, 7, stride=2, padding=3, bias=False)
-            (self.stem_norm_name,) = _add_norms(self, norm_cfg, (stem_channels,))
+            (self.stem_norm_name,) = add_norms(self, norm_cfg, (stem_channels,))
             self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 

@@ -1,4 +1,9 @@
-"""What every decode head shares: input selection, dropout, the 1x1 classifier and its losses."""
+"""What every decode head shares: input selection, conv blocks, dropout, the 1x1 classifier, its losses.
+
+The head contract: ``forward(inputs)`` always returns the logits used for inference (N, out_channels,
+h, w); ``loss(inputs, labels)`` returns the head's training losses as a dict of named tensors. A head that
+trains on more than its inference logits (DANet's three outputs, EncNet's SE loss) overrides ``loss``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ import torch
 from torch import nn
 
 from semseg.build import build
-from semseg.nn import resize
+from semseg.models.losses import head_losses
+from semseg.nn import ConvModule, resize
 
 DEFAULT_LOSS = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)
 
 
 class BaseDecodeHead(nn.Module):
-    """Base of all decode heads; a subclass computes features in ``forward_features``.
+    """Base of all decode heads; a subclass computes features in ``forward_features`` (or overrides
+    ``forward``), and overrides ``loss`` when it trains on more than its logits.
 
     Args (the config's keys, as in MMSegmentation):
         in_channels: channels of the selected input(s); a list with ``input_transform`` set.
@@ -100,6 +107,12 @@ class BaseDecodeHead(nn.Module):
             raise ValueError(f"in_channels {in_channels} and in_index {in_index} differ in length")
         self.in_channels = sum(in_channels) if input_transform == "resize_concat" else list(in_channels)
 
+    def conv_block(self, in_channels: int, out_channels: int, kernel_size: int, **kwargs) -> ConvModule:
+        """A :class:`ConvModule` with the head's ``conv_cfg`` / ``norm_cfg`` / ``act_cfg`` (``kwargs`` may
+        override them, or pass ``padding``, ``dilation``, ...)."""
+        cfgs = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        return ConvModule(in_channels, out_channels, kernel_size, **{**cfgs, **kwargs})
+
     def transform_inputs(self, inputs: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Select (and for ``resize_concat`` resize to the first one's size and concatenate) inputs."""
         if self.input_transform is None:
@@ -124,3 +137,10 @@ class BaseDecodeHead(nn.Module):
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Multi-level features -> logits (N, out_channels, h, w) at the head's working resolution."""
         return self.cls_seg(self.forward_features(inputs))
+
+    def loss(self, inputs: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses: multi-level features and labels (N, H, W) long -> ``{'loss_ce': ..., 'acc_seg': ...}``.
+
+        The default scores ``forward``'s logits with ``loss_decode`` (see :func:`head_losses`).
+        """
+        return head_losses(self, self(inputs), labels)

@@ -1,47 +1,13 @@
-"""PSPHead and its pyramid pooling module (PSPNet, arXiv:1612.01105); UPerHead reuses the module."""
+"""PSPHead: pyramid pooling, then a 3x3 fusion (PSPNet, arXiv:1612.01105)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from semseg.models.heads.decode_head import BaseDecodeHead
-from semseg.nn import ConvModule, resize
-
-
-class PyramidPooling(nn.ModuleList):
-    """One branch per pool scale: adaptive average pool to ``s x s``, a 1x1 conv block, bilinear upsampling.
-
-    Branch ``i`` is ``Sequential(AdaptiveAvgPool2d, ConvModule)``, so checkpoint keys read
-    ``psp_modules.<i>.1.conv.weight``.
-
-    Input (N, in_channels, h, w); output a list of ``len(pool_scales)`` tensors (N, channels, h, w).
-    """
-
-    def __init__(
-        self,
-        pool_scales: Sequence[int],
-        in_channels: int,
-        channels: int,
-        conv_cfg: dict | None,
-        norm_cfg: dict | None,
-        act_cfg: dict | None,
-        align_corners: bool,
-    ):
-        super().__init__(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(scale),
-                ConvModule(in_channels, channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg),
-            )
-            for scale in pool_scales
-        )
-        self.align_corners = align_corners
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        size = x.shape[2:]
-        return [resize(branch(x), size=size, mode="bilinear", align_corners=self.align_corners) for branch in self]
+from semseg.nn import PyramidPooling
 
 
 class PSPHead(BaseDecodeHead):
@@ -62,9 +28,8 @@ class PSPHead(BaseDecodeHead):
         self.pool_scales = pool_scales
         self.psp_modules = PyramidPooling(pool_scales, self.in_channels, self.channels, self.conv_cfg,
                                           self.norm_cfg, self.act_cfg, self.align_corners)
-        self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * self.channels, self.channels, 3,
-                                     padding=1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
-                                     act_cfg=self.act_cfg)
+        self.bottleneck = self.conv_block(self.in_channels + len(pool_scales) * self.channels, self.channels, 3,
+                                          padding=1)
 
     def forward_features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Selected input (N, in_channels, h, w) -> (N, channels, h, w)."""

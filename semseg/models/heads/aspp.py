@@ -1,4 +1,4 @@
-"""ASPPHead (DeepLabV3, arXiv:1706.05587) and the atrous branch list shared with the separable head."""
+"""ASPPHead: image pooling plus parallel atrous convolutions (DeepLabV3, arXiv:1706.05587)."""
 
 from __future__ import annotations
 
@@ -8,35 +8,7 @@ import torch
 from torch import nn
 
 from semseg.models.heads.decode_head import BaseDecodeHead
-from semseg.nn import ConvModule, DepthwiseSeparableConvModule, resize
-
-
-def aspp_branches(
-    dilations: Sequence[int],
-    in_channels: int,
-    channels: int,
-    conv_cfg: dict | None,
-    norm_cfg: dict | None,
-    act_cfg: dict | None,
-    separable: bool = False,
-) -> nn.ModuleList:
-    """One conv block per dilation: 1x1 for dilation 1, else 3x3 with that dilation (size-preserving).
-
-    With ``separable`` (DeepLabV3+) the dilated branches are depthwise-separable
-    (``aspp_modules.<i>.depthwise_conv`` / ``.pointwise_conv``); the 1x1 branch stays a plain block.
-    """
-    branches = nn.ModuleList()
-    for dilation in dilations:
-        if dilation == 1:
-            branches.append(ConvModule(in_channels, channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                                       act_cfg=act_cfg))
-        elif separable:
-            branches.append(DepthwiseSeparableConvModule(in_channels, channels, 3, padding=dilation,
-                                                         dilation=dilation, norm_cfg=norm_cfg, act_cfg=act_cfg))
-        else:
-            branches.append(ConvModule(in_channels, channels, 3, padding=dilation, dilation=dilation,
-                                       conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg))
-    return branches
+from semseg.nn import resize
 
 
 class ASPPHead(BaseDecodeHead):
@@ -57,16 +29,19 @@ class ASPPHead(BaseDecodeHead):
         if not isinstance(dilations, (list, tuple)):
             raise TypeError(f"dilations must be a list or tuple, got {dilations!r}")
         self.dilations = dilations
-        cfgs = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         # Sequential so the keys read image_pool.1.conv.weight (index 0 is the parameter-free pool).
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1),
-                                        ConvModule(self.in_channels, self.channels, 1, **cfgs))
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), self.conv_block(self.in_channels, self.channels, 1))
         self.aspp_modules = self._build_branches()
-        self.bottleneck = ConvModule((len(dilations) + 1) * self.channels, self.channels, 3, padding=1, **cfgs)
+        self.bottleneck = self.conv_block((len(dilations) + 1) * self.channels, self.channels, 3, padding=1)
 
     def _build_branches(self) -> nn.ModuleList:
-        return aspp_branches(self.dilations, self.in_channels, self.channels, self.conv_cfg, self.norm_cfg,
-                             self.act_cfg)
+        return nn.ModuleList(self._branch(dilation) for dilation in self.dilations)
+
+    def _branch(self, dilation: int) -> nn.Module:
+        """One atrous branch: 1x1 for dilation 1, else 3x3 with that dilation (size-preserving)."""
+        if dilation == 1:
+            return self.conv_block(self.in_channels, self.channels, 1)
+        return self.conv_block(self.in_channels, self.channels, 3, padding=dilation, dilation=dilation)
 
     def aspp_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, h, w) -> ``bottleneck`` output (N, channels, h, w)."""

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from semseg.models.heads.decode_head import BaseDecodeHead
-from semseg.nn import ConvModule
 
 
 class FCNHead(BaseDecodeHead):
@@ -45,9 +44,8 @@ class FCNHead(BaseDecodeHead):
         self.kernel_size = kernel_size
         self.concat_input = concat_input
 
-        def block(in_ch: int, dil: int) -> ConvModule:
-            return ConvModule(in_ch, self.channels, kernel_size, padding=kernel_size // 2 * dil, dilation=dil,
-                              conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        def block(in_ch: int, dil: int) -> nn.Module:
+            return self.conv_block(in_ch, self.channels, kernel_size, padding=kernel_size // 2 * dil, dilation=dil)
 
         if num_convs == 0:
             self.convs = nn.Identity()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from semseg.models.heads.aspp import ASPPHead, aspp_branches
-from semseg.nn import ConvModule, DepthwiseSeparableConvModule, resize
+from semseg.models.heads.aspp import ASPPHead
+from semseg.nn import DepthwiseSeparableConvModule, resize
 
 
 class DepthwiseSeparableASPPHead(ASPPHead):
@@ -33,17 +33,20 @@ class DepthwiseSeparableASPPHead(ASPPHead):
             raise ValueError(f"c1_in_channels must be >= 0, got {c1_in_channels}")
         self.c1_bottleneck = None
         if c1_in_channels > 0:
-            self.c1_bottleneck = ConvModule(c1_in_channels, c1_channels, 1, conv_cfg=self.conv_cfg,
-                                            norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+            self.c1_bottleneck = self.conv_block(c1_in_channels, c1_channels, 1)
         cfgs = dict(norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         self.sep_bottleneck = nn.Sequential(
             DepthwiseSeparableConvModule(self.channels + c1_channels, self.channels, 3, padding=1, **cfgs),
             DepthwiseSeparableConvModule(self.channels, self.channels, 3, padding=1, **cfgs),
         )
 
-    def _build_branches(self) -> nn.ModuleList:
-        return aspp_branches(self.dilations, self.in_channels, self.channels, self.conv_cfg, self.norm_cfg,
-                             self.act_cfg, separable=True)
+    def _branch(self, dilation: int) -> nn.Module:
+        """The dilated branches are depthwise-separable (``aspp_modules.<i>.depthwise_conv`` /
+        ``.pointwise_conv``); the 1x1 branch stays a plain block."""
+        if dilation == 1:
+            return super()._branch(dilation)
+        return DepthwiseSeparableConvModule(self.in_channels, self.channels, 3, padding=dilation, dilation=dilation,
+                                            norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
 
     def forward_features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Multi-level features -> (N, channels, H1, W1) (see the class docstring for the size)."""

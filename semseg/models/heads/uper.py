@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from semseg.models.heads.decode_head import BaseDecodeHead
-from semseg.models.heads.psp import PyramidPooling
-from semseg.nn import ConvModule, resize
+from semseg.nn import PyramidPooling, resize
 
 
 class UPerHead(BaseDecodeHead):
@@ -31,21 +30,18 @@ class UPerHead(BaseDecodeHead):
         if kwargs.pop("input_transform", "multiple_select") != "multiple_select":
             raise ValueError("UPerHead always uses input_transform='multiple_select'")
         super().__init__(input_transform="multiple_select", **kwargs)
-        cfgs = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         top_channels = self.in_channels[-1]
-        self.psp_modules = PyramidPooling(pool_scales, top_channels, self.channels, **cfgs,
-                                          align_corners=self.align_corners)
-        self.bottleneck = ConvModule(top_channels + len(pool_scales) * self.channels, self.channels, 3,
-                                     padding=1, **cfgs)
+        self.psp_modules = PyramidPooling(pool_scales, top_channels, self.channels, self.conv_cfg, self.norm_cfg,
+                                          self.act_cfg, self.align_corners)
+        self.bottleneck = self.conv_block(top_channels + len(pool_scales) * self.channels, self.channels, 3,
+                                          padding=1)
         self.lateral_convs = nn.ModuleList(
-            ConvModule(c, self.channels, 1, inplace=False, **cfgs) for c in self.in_channels[:-1]
+            self.conv_block(c, self.channels, 1, inplace=False) for c in self.in_channels[:-1]
         )
         self.fpn_convs = nn.ModuleList(
-            ConvModule(self.channels, self.channels, 3, padding=1, inplace=False, **cfgs)
-            for _ in self.in_channels[:-1]
+            self.conv_block(self.channels, self.channels, 3, padding=1, inplace=False) for _ in self.in_channels[:-1]
         )
-        self.fpn_bottleneck = ConvModule(len(self.in_channels) * self.channels, self.channels, 3, padding=1,
-                                         **cfgs)
+        self.fpn_bottleneck = self.conv_block(len(self.in_channels) * self.channels, self.channels, 3, padding=1)
 
     def psp_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Top input (N, in_channels[-1], h, w) -> (N, channels, h, w)."""

@@ -22,7 +22,7 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	SEMSEG_REQUIRE_ORACLE=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,6 @@
 """Tests for semseg.config: inheritance, overrides, errors with suggestions, dump, zoo lookup."""
 
 import copy
-import importlib.util
 import pickle
 from pathlib import Path
 
@@ -272,14 +271,6 @@ def test_load_config_entry_points(tree: Path) -> None:
     assert from_dict.model.type == "CascadeEncoderDecoder" and raw["model"]["type"] == "EncoderDecoder"
 
 
-def _oracle_config_dir() -> Path | None:
-    spec = importlib.util.find_spec("mmseg")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / ".mim" / "configs"
-    return path if path.is_dir() else None
-
-
 # Chosen for their features: `_base_` lists of four files, two-level chains, `_delete_` (mobilenet_v2,
 # segformer, convnext, knet, twins, beit, vit). The oracle tree has no `{{_base_.x}}` references.
 ORACLE_CONFIGS = [
@@ -303,11 +294,10 @@ ORACLE_CONFIGS = [
 @pytest.mark.conformance
 @pytest.mark.parametrize("name", ORACLE_CONFIGS)
 def test_oracle_configs_resolve_like_mmengine(name: str) -> None:
-    mmengine = pytest.importorskip("mmengine")
-    root = _oracle_config_dir()
-    if root is None:
-        pytest.skip("mmseg's config tree is not installed")
-    path = root / name
+    import mmengine
+    from oracle import mmseg_config_dir
+
+    path = mmseg_config_dir() / name
     assert path.is_file(), f"oracle config moved: {path}"
     expected = mmengine.Config.fromfile(str(path), import_custom_modules=False).to_dict()
     # Compared as they are: no tuple/list normalizing is needed, both keep tuples as tuples.

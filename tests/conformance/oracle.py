@@ -113,15 +113,21 @@ def install_ext_stub() -> types.ModuleType:
 
 
 @functools.lru_cache(maxsize=1)
-def oracle_available() -> bool:
-    """True when MMSegmentation (with mmcv and mmengine) imports, with the stub in place."""
+def oracle_problem() -> str | None:
+    """Why the oracle cannot be used (the import error), or None when MMSegmentation, mmcv and mmengine
+    import with the stub in place."""
     install_ext_stub()
     try:
         import mmseg.models  # noqa: F401
         from mmseg.registry import MODELS  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except Exception as err:  # a broken install (wrong versions, missing module) is reported, not hidden
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def oracle_available() -> bool:
+    """True when MMSegmentation (with mmcv and mmengine) imports, with the stub in place."""
+    return oracle_problem() is None
 
 
 def require_oracle() -> None:

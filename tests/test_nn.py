@@ -11,6 +11,8 @@ from torch import nn
 from semseg.nn import (
     ConvModule,
     DepthwiseSeparableConvModule,
+    PyramidPooling,
+    add_norms,
     build_activation,
     build_norm,
     norm_name,
@@ -204,3 +206,21 @@ def test_resize_matches_interpolate() -> None:
     assert torch.allclose(out[..., ::2, ::2], x, atol=1e-6)
     nearest = resize(x, size=(66, 42), mode="nearest", align_corners=False)  # align_corners dropped for nearest
     assert torch.equal(nearest[..., ::2, ::2], x)
+
+
+def test_add_norms_numbers_the_norms_by_type() -> None:
+    block = nn.Module()
+    assert add_norms(block, dict(type="GN", num_groups=2), (4, 8)) == ("gn1", "gn2")
+    assert isinstance(block.gn2, nn.GroupNorm) and block.gn2.num_channels == 8
+    assert add_norms(nn.Module(), dict(type="SyncBN"), (3,)) == ("bn1",)
+
+
+def test_pyramid_pooling_branches() -> None:
+    ppm = PyramidPooling((1, 3), 4, 2, conv_cfg=None, norm_cfg=None, act_cfg=None, align_corners=False)
+    assert sorted(ppm.state_dict()) == ["0.1.conv.bias", "0.1.conv.weight", "1.1.conv.bias", "1.1.conv.weight"]
+    x = torch.randn(2, 4, 7, 9)
+    outs = ppm(x)
+    assert [o.shape for o in outs] == [(2, 2, 7, 9)] * 2
+    # the 1x1 bin is the global mean, projected and broadcast to every position
+    expected = ppm[0][1](x.mean(dim=(2, 3), keepdim=True))
+    assert torch.allclose(outs[0], expected.expand_as(outs[0]), atol=1e-6)

@@ -18,6 +18,11 @@ def manifest() -> dict[str, dict]:
     return json.loads(MANIFEST.read_text())
 
 
+def methods() -> list[str]:
+    """The zoo's method folders (``'pspnet'``, ``'nonlocal_net'``, ...): the entries' ``method``, sorted."""
+    return sorted({entry["method"] for entry in manifest().values()})
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Zoo names matching a shell-style pattern (``'deeplabv3plus*'``), sorted."""
     return sorted(name for name in manifest() if fnmatch.fnmatch(name, pattern))

@@ -1,17 +1,18 @@
 """Record the state-dict keys and shapes of the oracle's (MMSegmentation 1.2.2) zoo models.
 
-For each zoo name of the chosen methods in the zoo facts file, and each config semseg ships for those
-methods that the oracle also has (parents such as the R-50 Pascal Context configs, the night-time PSPNet
-configs), the oracle's own config file (``<mmseg>/.mim/configs/<method>/<name>.py``) is built with
-MMSegmentation and ``{key: shape}`` of its state dict recorded. Models are built on the ``meta`` device
-(no memory, no init), falling back to the CPU.
+For each zoo name of the chosen methods (default: the zoo's, ``semseg.zoo.methods()``) in the zoo facts
+file (default: ``tools/mmseg_zoo_facts.json``, MMSegmentation's published models), and each config semseg
+ships for those methods that the oracle also has (parents such as the R-50 Pascal Context configs, the
+night-time PSPNet configs), the oracle's own config file (``<mmseg>/.mim/configs/<method>/<name>.py``) is
+built with MMSegmentation and ``{key: shape}`` of its state dict recorded. Models are built on the ``meta``
+device (no memory, no init), falling back to the CPU.
 Identical key->shape maps are stored once:
 
     {"mmseg_version": ..., "models": {"0": {key: [shape...]}}, "names": {name: "0"}, "failed": {name: why}}
 
 Needs the conformance extra (mmsegmentation, mmcv-lite, mmengine). Usage:
 
-    python tools/dump_oracle_keys.py [/work/shared/reference/mmseg_zoo_facts.json] [--methods fcn pspnet ...]
+    python tools/dump_oracle_keys.py [FACTS_JSON] [--methods fcn pspnet ...]
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "conformance"))
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "conformance")]
 
 from oracle import install_ext_stub, load_oracle_config, mmseg_config_dir, prepare_model_cfg  # noqa: E402
 
-DEFAULT_FACTS = Path("/work/shared/reference/mmseg_zoo_facts.json")
+from semseg.zoo import methods  # noqa: E402
+
+DEFAULT_FACTS = Path(__file__).with_name("mmseg_zoo_facts.json")
 DEFAULT_OUT = REPO / "tests" / "conformance" / "fixtures" / "oracle_keys.json.gz"
-DEFAULT_METHODS = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet"]
+DEFAULT_METHODS = methods()
 CONFIG_ROOT = REPO / "semseg" / "configs"
 
 

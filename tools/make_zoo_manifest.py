@@ -1,11 +1,11 @@
 """Write ``semseg/zoo.json``: one entry per zoo config that semseg ships.
 
-Reads MMSegmentation 1.2.2's published model facts (a JSON list: name, method folder, dataset, metrics,
-batch size, architecture, memory, weights URL) and the configs under ``semseg/configs``; a model enters
-the manifest only when its config file exists, so the manifest grows with the zoo. Crop size and
-iteration count come from the config itself. A shipped config that only tests a zoo model on another
-dataset (its ``_base_``, changed in nothing but the test data: PSPNet on Dark Zurich) enters with that
-model's weights and no metrics of its own.
+Reads MMSegmentation 1.2.2's published model facts (``tools/mmseg_zoo_facts.json`` by default, a JSON list:
+name, method folder, dataset, metrics, batch size, architecture, memory, weights URL) and the configs under
+``semseg/configs``; a model enters the manifest only when its config file exists, so the manifest grows
+with the zoo. Crop size and iteration count come from the config itself. A shipped config that only tests
+a zoo model on another dataset (its ``_base_``, changed in nothing but the test data: PSPNet on Dark
+Zurich) enters with that model's weights and no metrics of its own.
 
     python tools/make_zoo_manifest.py [FACTS_JSON] [--check]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FACTS = REPO.parent / "shared" / "reference" / "mmseg_zoo_facts.json"
+DEFAULT_FACTS = Path(__file__).with_name("mmseg_zoo_facts.json")
 CONFIG_ROOT = REPO / "semseg" / "configs"
 MANIFEST = REPO / "semseg" / "zoo.json"
 

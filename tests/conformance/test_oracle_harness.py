@@ -19,6 +19,8 @@ from oracle import (
     strip_pretrained,
 )
 
+from semseg.zoo import manifest, methods
+
 FIXTURE = Path(__file__).parent / "fixtures" / "oracle_keys.json.gz"
 
 NORM = dict(type="SyncBN", requires_grad=True)
@@ -137,7 +139,7 @@ def test_key_fixture():
     data = json.loads(gzip.decompress(FIXTURE.read_bytes()))
     names, models = data["names"], data["models"]
     assert len(names) >= 190 and not data["failed"]
-    assert {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet"} == {n.split("_")[0].split("-")[0] for n in names}
+    assert sorted(data["methods"]) == methods() and set(manifest()) <= set(names)
     assert set(names.values()) == set(models)
     psp = models[names["pspnet_r50-d8_4xb2-40k_cityscapes-512x1024"]]
     assert psp["decode_head.conv_seg.weight"] == [19, 512, 1, 1]

@@ -1,0 +1,14 @@
+_base_ = [
+    '../_base_/models/gcnet_r50-d8.py',
+    '../_base_/datasets/pascal_voc12_aug.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/schedule_40k.py',
+]
+
+data_preprocessor = dict(size=(512, 512))
+
+model = dict(
+    data_preprocessor=data_preprocessor,
+    decode_head=dict(num_classes=21),
+    auxiliary_head=dict(num_classes=21),
+)

@@ -1,20 +1,35 @@
 """Building blocks shared by backbones, necks and heads."""
 
 from semseg.nn.activation import build_activation
+from semseg.nn.context_block import ContextBlock
 from semseg.nn.conv_module import ConvModule, build_conv
+from semseg.nn.criss_cross import CrissCrossAttention
 from semseg.nn.depthwise_separable import DepthwiseSeparableConvModule
+from semseg.nn.non_local import DisentangledNonLocal2d, NonLocal2d
 from semseg.nn.norm import add_norms, build_norm, norm_name
+from semseg.nn.psa_mask import PSAMask, psa_mask
 from semseg.nn.pyramid_pooling import PyramidPooling
 from semseg.nn.resize import resize
+from semseg.nn.scale import Scale
+from semseg.nn.self_attention import SelfAttentionBlock, build_project
 
 __all__ = [
+    "ContextBlock",
     "ConvModule",
-    "add_norms",
+    "CrissCrossAttention",
     "DepthwiseSeparableConvModule",
+    "DisentangledNonLocal2d",
+    "NonLocal2d",
+    "PSAMask",
     "PyramidPooling",
+    "Scale",
+    "SelfAttentionBlock",
+    "add_norms",
     "build_activation",
     "build_conv",
     "build_norm",
+    "build_project",
     "norm_name",
+    "psa_mask",
     "resize",
 ]

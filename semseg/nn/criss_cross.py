@@ -11,16 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class Scale(nn.Module):
-    """A learnable scalar factor: ``x * scale`` (the parameter is 0-dim, key ``scale``, as mmcv's)."""
-
-    def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(scale)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
+from semseg.nn.scale import Scale
 
 
 class CrissCrossAttention(nn.Module):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from semseg.models.heads.fcn import FCNHead
+from semseg.models.heads.fcn_block import FCNBlockHead
 from semseg.nn.criss_cross import CrissCrossAttention
 
 
-class CCHead(FCNHead):
-    """:class:`FCNHead` with ``num_convs=2``; ``cca`` runs ``recurrence`` times between ``convs[0]`` and
+class CCHead(FCNBlockHead):
+    """:class:`FCNBlockHead` whose block, ``cca``, runs ``recurrence`` times between ``convs[0]`` and
     ``convs[1]`` (its weights shared across passes; two passes reach every position from every other).
 
     Args:
@@ -22,19 +22,11 @@ class CCHead(FCNHead):
     """
 
     def __init__(self, recurrence: int = 2, **kwargs):
-        if "num_convs" in kwargs:
-            raise TypeError("CCHead always has num_convs=2; remove num_convs from its config")
-        super().__init__(num_convs=2, **kwargs)
+        super().__init__(**kwargs)
         self.recurrence = recurrence
         self.cca = CrissCrossAttention(self.channels)
 
-    def forward_features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """Selected input (N, in_channels, h, w) -> (N, channels, h, w)."""
-        x = self.transform_inputs(inputs)
-        out = self.convs[0](x)
+    def block(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.recurrence):
-            out = self.cca(out)
-        out = self.convs[1](out)
-        if self.concat_input:
-            out = self.conv_cat(torch.cat([x, out], dim=1))
-        return out
+            x = self.cca(x)
+        return x

@@ -146,7 +146,8 @@ class SelfAttentionBlock(nn.Module):
             value.flatten(2).transpose(1, 2),  # (N, Lk, Cv)
             scale=scale,
         )  # (N, Lq, Cv)
-        context = context.transpose(1, 2).reshape(n, -1, *query_size)
+        # contiguous: a transposed layout would make the convs after the block round differently
+        context = context.transpose(1, 2).reshape(n, -1, *query_size).contiguous()
         if self.out_project is not None:
             context = self.out_project(context)
         return context

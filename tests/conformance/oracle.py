@@ -237,7 +237,9 @@ def randomize_(model: nn.Module, seed: int = 0, conv_std: float | None = None) -
 
     running_mean ~ N(0, 1), running_var and weight ~ U(0.5, 1.5), bias ~ 0.1 * N(0, 1): the defaults
     (0, 1, 1, 0) would hide a missing or misplaced norm. With ``conv_std``, conv weights are redrawn from
-    N(0, conv_std) too; otherwise they stay as initialised.
+    N(0, conv_std) too; otherwise they stay as initialised. Weights initialised to all zeros so that a
+    block starts as the identity (DANet's ``gamma``, a non-local block's last conv) get U(0.5, 1.5) for a
+    scalar and 0.1 * N(0, 1) otherwise: at zero the block's attention would go untested.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -260,6 +262,12 @@ def randomize_(model: nn.Module, seed: int = 0, conv_std: float | None = None) -
                     fill_(m.bias, std=0.1)
             elif conv_std is not None and isinstance(m, nn.modules.conv._ConvNd):
                 fill_(m.weight, std=conv_std)
+        for name, param in model.named_parameters():
+            if not name.endswith("bias") and not param.any():
+                if param.dim() == 0:
+                    fill_(param, 0.5, 1.5)
+                else:
+                    fill_(param, std=0.1)
     return model
 
 

@@ -35,6 +35,15 @@ NAMES = [
     "upernet_r50_4xb2-40k_cityscapes-769x769",
     "pspnet_r101-d8_4xb4-80k_ade20k-512x512",
     "upernet_r50_4xb4-20k_voc12aug-512x512",
+    # The attention heads, each once, both align_corners settings among them.
+    "psanet_r50-d8_4xb2-40k_cityscapes-769x769",
+    "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512",
+    "dnl_r50-d8_4xb2-40k_cityscapes-769x769",
+    "gcnet_r50-d8_4xb4-80k_ade20k-512x512",
+    "ccnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "danet_r50-d8_4xb2-40k_cityscapes-769x769",
+    "emanet_r50-d8_4xb2-80k_cityscapes-769x769",
+    "ann_r50-d8_4xb4-40k_voc12aug-512x512",
 ]
 
 TOL = 1e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import pytest
@@ -41,6 +42,14 @@ def test_no_paramwise_cfg_is_one_group_with_the_config_values():
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.9, 5e-4)
     assert wrapper.get_lr() == {"lr": [0.01]}
     assert wrapper.param_groups == wrapper.optimizer.param_groups  # no base pseudo group
+
+
+def test_custom_keys_entries_without_effect_are_reported(caplog):
+    cfg = dict(type="OptimWrapper", optimizer=SGD, paramwise_cfg=dict(custom_keys={"head": dict(wd_mult=0.0)}))
+    with caplog.at_level(logging.WARNING, logger="semseg.engine.optim"):
+        wrapper = build_optim_wrapper(TinySegmentor(), cfg)
+    assert "custom_keys['head'] sets wd_mult, which has no effect" in caplog.text
+    assert all(group["weight_decay"] == SGD["weight_decay"] for group in wrapper.optimizer.param_groups)
 
 
 def test_custom_keys_and_norm_decay():

@@ -58,6 +58,11 @@ def paramwise_groups(model: nn.Module, base_lr: float | None, base_wd: float | N
     custom_keys = paramwise_cfg.get("custom_keys", {})
     if not isinstance(custom_keys, dict):
         raise TypeError(f"paramwise_cfg.custom_keys must be a dict, got {type(custom_keys).__name__}")
+    for key, rule in custom_keys.items():
+        ignored = sorted(set(rule) - {"lr_mult", "decay_mult"})
+        if ignored:  # MMSegmentation ignores them too (DNLNet's configs set `wd_mult`): say so, keep going
+            log.warning("paramwise_cfg.custom_keys[%r] sets %s, which has no effect (only lr_mult and "
+                        "decay_mult are read)", key, ", ".join(ignored))
     decay_rules = ("bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult")
     needs_wd = any("decay_mult" in v for v in custom_keys.values()) or any(k in paramwise_cfg for k in decay_rules)
     if needs_wd and base_wd is None:

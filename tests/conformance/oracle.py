@@ -6,7 +6,9 @@ except PSANet's PSAMask, written here in plain torch from the operator's definit
 
 The helpers build an oracle model from a config dict with random weights and random norm statistics, save
 its state dict in MMSegmentation's checkpoint layout, and run ``encode_decode`` / ``inference`` / ``loss``
-with the metadata MMSegmentation expects, so that tests only pass tensors in and get tensors out.
+with the metadata MMSegmentation expects, so that tests only pass tensors in and get tensors out. For a single
+head, block or backbone: ``build_oracle_module``, ``head_pair`` (the oracle head and ours holding its weights)
+and ``oracle_head_loss``.
 
 mmseg is imported lazily: importing this module never fails where the oracle is not installed.
 """
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from semseg.build import build
 
 EXT_NAME = "mmcv._ext"
 
@@ -271,6 +275,53 @@ def randomize_(model: nn.Module, seed: int = 0, conv_std: float | None = None) -
     return model
 
 
+def build_oracle_module(cfg: dict) -> nn.Module:
+    """Build one oracle module (a head, block or backbone) from its config dict, in mmseg's default scope.
+
+    ``cfg`` is not modified; the module is in train mode with the weights of its constructor (global RNG).
+    """
+    install_ext_stub()
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    init_default_scope("mmseg")
+    return MODELS.build(copy.deepcopy(cfg))
+
+
+def head_pair(cfg: dict, seed: int = 0, zero_std: float | None = None, redraw_convs: str | None = None,
+              conv_std: float = 0.3) -> tuple[nn.Module, nn.Module]:
+    """The oracle decode head built from ``cfg`` and ``randomize_``d, and semseg's head from the same config
+    holding the oracle's state dict (key sets asserted equal, loaded strictly).
+
+    Args:
+        cfg: head config dict (``type='PSPHead'``, ...); not modified.
+        seed: seeds the oracle's construction (``seed``), ``randomize_`` (``seed + 1``) and the draws below
+            (``seed + 2``).
+        zero_std: draw the parameters ``randomize_`` leaves at zero (the biases of zero-initialised convs,
+            such as ANN's ``out_project``) from N(0, zero_std), so that a misplaced bias shows.
+        redraw_convs: attribute name of a block in the head (``'nl_block'``) whose conv weights are redrawn
+            from N(0, conv_std): a non-local block's convs start at std 0.01 and barely show in the logits.
+
+    Returns:
+        (oracle, ours), both in train mode as built.
+    """
+    torch.manual_seed(seed)
+    oracle = randomize_(build_oracle_module(cfg), seed=seed + 1)
+    if zero_std is not None:
+        gen = torch.Generator().manual_seed(seed + 2)
+        with torch.no_grad():
+            for p in oracle.parameters():
+                if not p.any():
+                    p.copy_(torch.randn(p.shape, generator=gen) * zero_std)
+    if redraw_convs is not None:
+        randomize_(getattr(oracle, redraw_convs), seed=seed + 2, conv_std=conv_std)
+    ours = build("head", copy.deepcopy(cfg))
+    state = oracle.state_dict()
+    assert set(ours.state_dict()) == set(state)
+    ours.load_state_dict(state, strict=True)
+    return oracle, ours
+
+
 def save_oracle_state_dict(model: nn.Module, path: str | Path) -> Path:
     """Save ``model``'s state dict in MMSegmentation's checkpoint layout: {'state_dict': ..., 'meta': {}}."""
     path = Path(path)
@@ -327,18 +378,34 @@ def oracle_slide_inference(model: nn.Module, x: torch.Tensor, crop: tuple[int, i
     return oracle_inference(model, x, mode="slide", crop_size=crop, stride=stride)
 
 
+def _data_samples(labels: torch.Tensor, metas: list[dict]) -> list:
+    """One ``SegDataSample`` per image: metainfo ``metas[i]``, gt_sem_seg PixelData (1, H, W) from labels (N, H, W)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    samples = []
+    for label, meta in zip(labels, metas, strict=True):
+        sample = SegDataSample(metainfo=meta)
+        sample.gt_sem_seg = PixelData(data=label[None].long())
+        samples.append(sample)
+    return samples
+
+
 def oracle_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """``model.loss``: x (N, 3, H, W), labels long (N, H, W) -> {'decode.loss_ce': ..., 'aux.loss_ce': ...}.
 
     Runs in the model's current mode (eval by default: set dropout off or use eval for exact comparisons).
     """
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    samples = []
-    for i, meta in enumerate(_img_metas(x)):
-        sample = SegDataSample(metainfo=meta)
-        sample.gt_sem_seg = PixelData(data=labels[i:i + 1].long())
-        samples.append(sample)
-    losses = model.loss(x, samples)
+    losses = model.loss(x, _data_samples(labels, _img_metas(x)))
     return dict(losses.items())
+
+
+def oracle_head_loss(head: nn.Module, feats: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An oracle decode head's ``loss``: feats [(N, C_i, h_i, w_i)], labels long (N, H, W) at image size ->
+    {'loss_ce': ..., 'acc_seg': ...} (DAHead: 'pam_cam.loss_ce', ...).
+
+    Runs in the head's current mode: train it (batch statistics) with dropout off to compare with ours.
+    """
+    hw = tuple(labels.shape[1:])
+    metas = [dict(img_shape=hw, ori_shape=hw) for _ in range(labels.shape[0])]
+    return dict(head.loss(feats, _data_samples(labels, metas), train_cfg={}))

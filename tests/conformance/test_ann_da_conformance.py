@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from oracle import mmseg_config_dir, randomize_, replace_syncbn
+from oracle import build_oracle_module, head_pair, mmseg_config_dir, oracle_head_loss, replace_syncbn
 
 from semseg.build import build
 
@@ -14,6 +12,9 @@ NUM_CLASSES = 5
 SIZE = (13, 17)  # both ANN inputs share it, as stages 3 and 4 of a dilated ResNet do
 LOW, HIGH = 12, 16
 GN = dict(type="GN", num_groups=4)
+# ANN's out projections and DANet's gamma start at zero, which would leave the attention paths untested:
+# randomize_ draws their weights, and head_pair(zero_std=...) the out projections' biases.
+ZERO_STD = 0.5
 
 
 def base_head(model_file: str, type_name: str, **tiny) -> dict:
@@ -45,30 +46,6 @@ CASES = {
 }
 
 
-def build_pair(cfg: dict, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The oracle head with random weights and norm statistics, and ours loaded strictly from it.
-
-    Parameters that start at zero (ANN's out projections, DANet's ``gamma``) are drawn at random too, or
-    the attention paths would add nothing and prove nothing.
-    """
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    init_default_scope("mmseg")
-    torch.manual_seed(seed)
-    oracle = randomize_(MODELS.build(copy.deepcopy(cfg)), seed=seed + 1)
-    gen = torch.Generator().manual_seed(seed + 2)
-    with torch.no_grad():
-        for p in oracle.parameters():
-            if not p.abs().sum() > 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    ours = build("head", copy.deepcopy(cfg))
-    state = oracle.state_dict()
-    assert set(ours.state_dict()) == set(state)
-    ours.load_state_dict(state, strict=True)
-    return oracle, ours
-
-
 def make_feats(seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(2, c, *SIZE, generator=gen) for c in (LOW, HIGH)]
@@ -77,7 +54,7 @@ def make_feats(seed: int) -> list[torch.Tensor]:
 @pytest.mark.filterwarnings("ignore:.*align_corners")
 @pytest.mark.parametrize("name", list(CASES))
 def test_eval_logits_match_oracle(name: str) -> None:
-    oracle, ours = build_pair(CASES[name]())
+    oracle, ours = head_pair(CASES[name](), zero_std=ZERO_STD)
     oracle.eval()
     ours.eval()
     feats = make_feats(2)
@@ -89,18 +66,6 @@ def test_eval_logits_match_oracle(name: str) -> None:
     assert got.shape == expected.shape == (2, NUM_CLASSES, *SIZE)
     assert expected.abs().max() > 1e-2
     assert (got - expected).abs().max().item() < 1e-4
-
-
-def oracle_head_loss(head: torch.nn.Module, feats: list[torch.Tensor], labels: torch.Tensor) -> dict:
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    samples = []
-    for i in range(labels.shape[0]):
-        sample = SegDataSample(metainfo=dict(img_shape=tuple(labels.shape[1:]), ori_shape=tuple(labels.shape[1:])))
-        sample.gt_sem_seg = PixelData(data=labels[i:i + 1])
-        samples.append(sample)
-    return dict(head.loss(feats, samples, train_cfg={}))
 
 
 DA_KEYS = {f"{p}.{k}" for p in ("pam_cam", "pam", "cam") for k in ("loss_ce", "acc_seg")}
@@ -121,7 +86,7 @@ LOSS_CASES = {
 @pytest.mark.parametrize("name", list(LOSS_CASES))
 def test_train_loss_matches_oracle(name: str) -> None:
     make_cfg, keys = LOSS_CASES[name]
-    oracle, ours = build_pair(make_cfg(), seed=3)
+    oracle, ours = head_pair(make_cfg(), seed=3, zero_std=ZERO_STD)
     for head in (oracle, ours):
         head.train()  # BatchNorm on batch statistics in both
         head.dropout.eval()  # dropout off (MMSegmentation's ANNHead fails with dropout_ratio=0)
@@ -139,12 +104,8 @@ def test_train_loss_matches_oracle(name: str) -> None:
 def test_ann_query_scale_above_one_fails_in_both() -> None:
     """MMSegmentation builds it but fails in forward (the pooled query's context cannot be fused with the
     full-size input); we refuse it when building."""
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    init_default_scope("mmseg")
     cfg = ann(query_scales=(2,))
-    oracle = MODELS.build(copy.deepcopy(cfg)).eval()
+    oracle = build_oracle_module(cfg).eval()
     with pytest.raises(RuntimeError), torch.no_grad():
         oracle(make_feats(0))
     with pytest.raises(ValueError, match="query_scales"):

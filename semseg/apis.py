@@ -13,7 +13,8 @@ from semseg.build import build
 from semseg.config import Config, load_config
 from semseg.data.transforms import Compose
 from semseg.engine.checkpoint import load_checkpoint
-from semseg.models.inference import predict_views
+from semseg.models.inference import check_precision, predict_views
+from semseg.nn.fuse import fuse as fuse_batchnorm
 from semseg.zoo import model_info
 
 
@@ -32,12 +33,32 @@ def init_model(
     device: str | torch.device = "cpu",
     cfg_options: dict | list[str] | None = None,
     strict: bool = True,
+    *,
+    precision: str = "fp32",
+    fuse: bool = False,
+    channels_last: bool = False,
+    inference_mode: bool = False,
+    compile: bool | dict = False,
 ) -> torch.nn.Module:
     """Build the segmentor a config describes, load weights (path, URL or the zoo's ``'zoo'`` shortcut),
     and put it in eval mode on ``device``. The config is kept as ``model.cfg``.
 
     ``checkpoint='zoo'`` loads the weights URL the manifest lists for a zoo name.
+
+    Inference speed options (all off by default, which is the exact path):
+        precision: ``'fp32'``, ``'bf16'``, or ``'fp16'`` (CUDA only): the network runs under autocast;
+            resizes, softmax and argmax stay in float32. Kept as ``model.precision``.
+        fuse: fold BatchNorm into the preceding convolutions (:func:`semseg.fuse`); the model's state dict
+            then no longer matches MMSegmentation checkpoints (inference only).
+        channels_last: weights and inputs in channels-last memory format.
+        inference_mode: ``model.inference`` runs under ``torch.inference_mode``.
+        compile: ``torch.compile`` the network forward (``True``, or a dict of ``torch.compile`` arguments,
+            e.g. ``dict(backend='aot_eager')``); the first call's duration (compilation included) is kept as
+            ``model.compile_seconds``.
     """
+    check_precision(precision, device)
+    if compile is not False and not (compile is True or isinstance(compile, dict)):
+        raise TypeError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
     cfg = load_config(config, cfg_options)
     if "model" not in cfg:
         raise KeyError(f"config {cfg.filename or config!r} has no 'model' entry")
@@ -53,7 +74,17 @@ def init_model(
         if isinstance(dataset_meta, dict) and dataset_meta.get("classes"):
             model.dataset_meta = {key: dataset_meta[key] for key in ("classes", "palette") if key in dataset_meta}
     model.cfg = cfg
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if fuse:
+        fuse_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.precision = precision
+    model.channels_last = channels_last
+    model.use_inference_mode = inference_mode
+    if compile is not False:
+        model.compile_network(**(compile if isinstance(compile, dict) else {}))
+    return model
 
 
 def _pipeline(cfg: Config | None, from_array: bool, tta: bool) -> Compose:

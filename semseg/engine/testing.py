@@ -47,11 +47,14 @@ def _writer(dataset, show_dir: str | None, out_dir: str | None):
 
 
 def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: str | None = None,
-             out_dir: str | None = None, device: str | None = None, work_dir: str | None = None) -> dict:
+             out_dir: str | None = None, device: str | None = None, work_dir: str | None = None,
+             precision: str = "fp32", fuse: bool = False) -> dict:
     """Evaluate ``checkpoint`` with ``config``'s ``test_dataloader`` and ``test_evaluator``; print and
-    return the metrics (with ``work_dir``, also write them to ``<work_dir>/test_metrics.json``)."""
+    return the metrics (with ``work_dir``, also write them to ``<work_dir>/test_metrics.json``).
+
+    ``precision`` and ``fuse`` are :func:`~semseg.apis.init_model`'s inference options."""
     _, _, chosen = distributed.init_distributed(device)
-    model = init_model(config, checkpoint, device=chosen, cfg_options=cfg_options)
+    model = init_model(config, checkpoint, device=chosen, cfg_options=cfg_options, precision=precision, fuse=fuse)
     cfg = model.cfg
     if not cfg.get("test_dataloader"):
         raise KeyError(f"config {cfg.filename or config!r} has no test_dataloader")

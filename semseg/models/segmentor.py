@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import torch
 from torch import nn
 
 from semseg.build import build
-from semseg.models.inference import slide_inference, whole_inference
+from semseg.models.inference import DEFAULT_SLIDE_BATCH_SIZE, autocast, slide_inference, whole_inference
 from semseg.nn import resize
 
 
@@ -14,7 +17,16 @@ class EncoderDecoder(nn.Module):
     """The segmentor of ``dict(type='EncoderDecoder', ...)``; child names are the checkpoint's prefixes
     (``backbone.``, ``neck.``, ``decode_head.``, ``auxiliary_head.`` / ``auxiliary_head.0.``).
 
-    ``test_cfg``: ``dict(mode='whole')`` or ``dict(mode='slide', crop_size=(h, w), stride=(h, w))``.
+    ``test_cfg``: ``dict(mode='whole')`` or ``dict(mode='slide', crop_size=(h, w), stride=(h, w))``; slide
+    also reads ``batch_size`` (crops per forward pass), ``accumulate_device`` and ``accumulate_dtype``
+    (where the image-sized logits buffer lives), see :func:`~semseg.models.inference.slide_inference`.
+
+    Inference options (plain attributes; ``init_model`` sets them, all off by default):
+        precision: ``'fp32'``, ``'bf16'`` or ``'fp16'`` (CUDA): the network runs under autocast at that
+            precision; its logits are cast to float32 before every resize, softmax and argmax.
+        channels_last: feed the network channels-last inputs (its weights should be channels-last too).
+        use_inference_mode: run :meth:`inference` under ``torch.inference_mode`` (no autograd records).
+        compile_seconds: with :meth:`compile_network`, the duration of the first (compiling) call.
     """
 
     def __init__(
@@ -43,6 +55,11 @@ class EncoderDecoder(nn.Module):
         self.data_preprocessor = build("data_preprocessor", preprocessor_cfg)
         self.train_cfg = dict(train_cfg or {})
         self.test_cfg = dict(test_cfg or {"mode": "whole"})
+        self.precision = "fp32"
+        self.channels_last = False
+        self.use_inference_mode = False
+        self.compile_seconds: float | None = None
+        self._compiled_network = None
 
     @property
     def with_neck(self) -> bool:
@@ -79,10 +96,37 @@ class EncoderDecoder(nn.Module):
         """Multi-level features -> logits (N, C, h, w) at the decode head's resolution."""
         return self.decode_head(features)
 
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3, H, W) normalized -> logits (N, C, h, w) at the decode head's resolution."""
+        return self.decode(self.extract_feat(x))
+
+    def compile_network(self, **options) -> None:
+        """Run :meth:`network` through ``torch.compile(**options)`` from now on (inference only: ``loss``
+        stays eager). The first call compiles; its duration is kept as ``compile_seconds``."""
+        self._compiled_network = torch.compile(self.network, **options)
+        self.compile_seconds = None
+
+    def _run_network(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled_network is None:
+            return self.network(x)
+        if self.compile_seconds is not None:
+            return self._compiled_network(x)
+        start = time.perf_counter()
+        logits = self._compiled_network(x)
+        self.compile_seconds = time.perf_counter() - start
+        return logits
+
     def encode_decode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, 3, H, W) normalized -> logits (N, C, H, W) resized to the input size."""
-        logits = self.decode(self.extract_feat(x))
-        return resize(logits, size=x.shape[2:], mode="bilinear", align_corners=self.align_corners)
+        """x (N, 3, H, W) normalized -> logits (N, C, H, W) float32, resized to the input size.
+
+        The network runs at ``self.precision`` (autocast) and, with ``self.channels_last``, on a
+        channels-last input; the resize runs in float32.
+        """
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, x.device):
+            logits = self._run_network(x)
+        return resize(logits.float(), size=x.shape[2:], mode="bilinear", align_corners=self.align_corners)
 
     def decode_losses(self, features: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The decode head's training losses, keyed ``decode.<name>``."""
@@ -107,13 +151,18 @@ class EncoderDecoder(nn.Module):
     def inference(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) at x's size by the strategy ``test_cfg['mode']`` names."""
         mode = self.test_cfg.get("mode", "whole")
-        if mode == "whole":
-            return whole_inference(self, x)
-        if mode == "slide":
-            if "crop_size" not in self.test_cfg or "stride" not in self.test_cfg:
-                raise KeyError("test_cfg mode='slide' needs 'crop_size' and 'stride'")
-            return slide_inference(self, x, self.test_cfg["crop_size"], self.test_cfg["stride"])
-        raise ValueError(f"test_cfg mode must be 'whole' or 'slide', got {mode!r}")
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"test_cfg mode must be 'whole' or 'slide', got {mode!r}")
+        if mode == "slide" and ("crop_size" not in self.test_cfg or "stride" not in self.test_cfg):
+            raise KeyError("test_cfg mode='slide' needs 'crop_size' and 'stride'")
+        with torch.inference_mode() if self.use_inference_mode else contextlib.nullcontext():
+            if mode == "whole":
+                return whole_inference(self, x)
+            cfg = self.test_cfg
+            return slide_inference(self, x, cfg["crop_size"], cfg["stride"],
+                                   batch_size=cfg.get("batch_size", DEFAULT_SLIDE_BATCH_SIZE),
+                                   accumulate_device=cfg.get("accumulate_device"),
+                                   accumulate_dtype=cfg.get("accumulate_dtype"))
 
     def predict_labels(self, scores: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
         """Logits (or, with ``probabilities``, class probabilities) (N, C, H, W) -> labels (N, H, W).

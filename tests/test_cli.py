@@ -254,3 +254,48 @@ def test_unknown_command_is_a_usage_error(capsys) -> None:
         main(["predcit"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_benchmark_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["benchmark", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--checkpoint", "--train", "--flops", "--num-images", "--warmup", "--repeat", "--shape",
+                   "--batch-size", "--crop-size", "--precision", "--amp", "--fuse", "--channels-last", "--compile",
+                   "--cudnn-benchmark", "--json", "--cfg-options"):
+        assert option in out
+
+
+def test_predict_in_bf16_with_fused_batchnorm(files, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out)]
+    assert main([*args, "--precision", "bf16", "--fuse"]) == 0
+    labels = cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED)
+    model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"], precision="bf16", fuse=True)
+    assert model.precision == "bf16"
+    assert (labels == semseg.inference_model(model, files["image"]).labels).all()
+
+
+def test_fp16_on_the_cpu_is_one_clear_error(files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(tmp_path)]
+    assert main([*args, "--precision", "fp16"]) == 1
+    assert "fp16" in capsys.readouterr().err
+
+
+def test_train_speed_flags_reach_the_trainer(monkeypatch, tmp_path: Path) -> None:
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, cfg, work_dir, **kwargs):
+            seen.update(kwargs)
+
+        def train(self) -> None:
+            pass
+
+    monkeypatch.setattr("semseg.engine.trainer.Trainer", FakeTrainer)
+    args = ["train", SYNTHETIC, "--work-dir", str(tmp_path), "--channels-last", "--fused-optimizer",
+            "--check-finite-every", "10", "--compile-mode", "max-autotune"]
+    assert main(args) == 0
+    assert seen["channels_last"] and seen["fused_optimizer"] and seen["check_finite_every"] == 10
+    assert seen["compile"] == {"mode": "max-autotune"}

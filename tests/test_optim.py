@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from semseg.engine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper
+from semseg.engine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper, fast_step_arguments
 from semseg.engine.schedulers import build_schedulers
 
 SGD = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -163,6 +164,67 @@ def test_clip_grad_norm():
     assert wrapper.last_grad_norm == pytest.approx(float(total))
     assert float(total) > 0.1
     assert float(torch.linalg.vector_norm(moved)) == pytest.approx(0.1, rel=1e-4)
+
+
+
+# -- fused / foreach optimizer steps ------------------------------------------------------------------------
+def two_steps(optimizer: dict, fused_optimizer: bool) -> tuple[torch.Tensor, OptimWrapper]:
+    """The flattened weights of TinySegmentor after two steps on fixed batches (BN in train mode)."""
+    torch.manual_seed(0)
+    model = TinySegmentor()
+    wrapper = build_optim_wrapper(model, dict(optimizer=optimizer), fused_optimizer=fused_optimizer)
+    for step in range(2):
+        x = torch.randn(2, 3, 13, 17, generator=torch.Generator().manual_seed(step))
+        out = model.decode_head.conv_seg(model.backbone(x)).permute(0, 2, 3, 1)
+        wrapper.update_params((model.decode_head.norm(out) * model.scale).square().mean())
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), wrapper
+
+
+@pytest.mark.parametrize("optimizer", [SGD, dict(type="AdamW", lr=0.01, weight_decay=0.01)], ids=["SGD", "AdamW"])
+def test_fast_step_on_cpu_is_foreach_and_gives_the_plain_step_weights_exactly(optimizer):
+    plain, plain_wrapper = two_steps(optimizer, fused_optimizer=False)
+    fast, fast_wrapper = two_steps(optimizer, fused_optimizer=True)
+    assert plain_wrapper.optimizer.param_groups[0]["foreach"] is None
+    assert fast_wrapper.optimizer.param_groups[0]["foreach"] is True
+    assert not torch.equal(plain, torch.cat([p.detach().flatten() for p in TinySegmentor().parameters()]))
+    assert torch.equal(fast, plain)
+
+
+def test_foreach_and_fused_sgd_steps_give_the_plain_step_weights():
+    """The config's choice wins over fused_optimizer's; fused (CUDA's kernel, here on the CPU) is within
+    1e-6 of the loop (its BN bias steps differ by ~2e-10: not bit for bit, so CPUs use foreach)."""
+    plain, _ = two_steps(SGD, fused_optimizer=False)
+    for implementation in ("foreach", "fused"):
+        fast, wrapper = two_steps({**SGD, implementation: True}, fused_optimizer=True)
+        group = wrapper.optimizer.param_groups[0]
+        assert group[implementation] is True and not group["fused" if implementation == "foreach" else "foreach"]
+        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-6)
+
+
+def test_fast_step_arguments_by_optimizer_and_device_and_the_config_s_choice():
+    cpu = [torch.zeros(2)]
+    cuda = [SimpleNamespace(device=torch.device("cuda"), is_floating_point=lambda: True)]
+    assert fast_step_arguments(SGD, cpu) == {"foreach": True}
+    assert fast_step_arguments(dict(type="AdamW", lr=1e-3), cpu) == {"foreach": True}
+    assert fast_step_arguments(SGD, cuda) == {"fused": True}
+    assert fast_step_arguments(dict(type="AdamW", lr=1e-3), cuda) == {"fused": True}
+    assert fast_step_arguments(dict(type="RMSprop", lr=1e-3), cuda) == {"foreach": True}  # no fused kernel
+    assert fast_step_arguments(SGD, [torch.zeros(2), *cuda]) == {"foreach": True}  # mixed devices
+    assert fast_step_arguments({**SGD, "foreach": False}, cuda) == {}
+    wrapper = build_optim_wrapper(TinySegmentor(), dict(optimizer={**SGD, "foreach": False}), fused_optimizer=True)
+    assert wrapper.optimizer.param_groups[0]["foreach"] is False and not wrapper.optimizer.param_groups[0]["fused"]
+
+
+def test_resuming_keeps_this_run_s_step_implementation():
+    """A checkpoint written with fused steps resumes into a plain run as plain steps (and back)."""
+    _, fast = two_steps({**SGD, "fused": True}, fused_optimizer=False)
+    _, plain = two_steps(SGD, fused_optimizer=False)
+    plain.load_state_dict(fast.state_dict())
+    assert plain.optimizer.param_groups[0]["fused"] is None
+    fast.load_state_dict(plain.state_dict())
+    assert fast.optimizer.param_groups[0]["fused"] is True
+    assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+               for a, b in zip(fast.optimizer.state.values(), plain.optimizer.state.values(), strict=True))
 
 
 def test_clip_grad_value_and_bad_clip():

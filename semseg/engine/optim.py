@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from semseg.build import build
+from semseg.build import accepted_arguments, build, lookup
 
 log = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+IMPLEMENTATION_KEYS = ("foreach", "fused")  # how torch runs a step, not what it computes
+FUSED_ON_CUDA = ("SGD", "Adam", "AdamW")  # torch's fused CUDA kernels (Adagrad's is CPU-only in some versions)
 PARAMWISE_KEYS = ("custom_keys", "bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
                   "flat_decay_mult", "bypass_duplicate", "dcn_offset_lr_mult")
 
@@ -142,11 +144,16 @@ class OptimWrapper:
                                  f"dict(type='value', clip_value=...), got {clip_grad!r} with type {clip_type!r}")
             self.clip_func = nn.utils.clip_grad_norm_ if clip_type == "norm" else nn.utils.clip_grad_value_
             self.clip_kwargs = clip_grad
-        self.last_grad_norm: float | None = None  # total norm before clipping, at the last step (for logs)
+        self._grad_norm: torch.Tensor | None = None  # kept on the device: reading it synchronizes
         self.inner_count = 0  # backward passes so far
         self.max_counts = -1
         self.remainder_counts = -1
         self.base_param_settings = dict(optimizer.defaults) if len(optimizer.param_groups) > 1 else None
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The total gradient norm before clipping at the last step (None without clipping); for logs."""
+        return None if self._grad_norm is None else float(self._grad_norm)
 
     # -- parameter groups -----------------------------------------------------------------------------------
     @property
@@ -223,8 +230,7 @@ class OptimWrapper:
             return
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad and p.grad is not None]
         if params:
-            norm = self.clip_func(params, **self.clip_kwargs)
-            self.last_grad_norm = None if norm is None else float(norm)
+            self._grad_norm = self.clip_func(params, **self.clip_kwargs)  # a tensor (norm) or None (value)
 
     @contextlib.contextmanager
     def optim_context(self, model: nn.Module | None = None) -> Iterator[None]:
@@ -244,12 +250,19 @@ class OptimWrapper:
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict; the groups keep this run's ``foreach`` / ``fused`` choice, not the saved one
+        (torch would take the saved groups' settings, so a run could not change them on resuming)."""
         state_dict = dict(state_dict)
         base = state_dict.pop("base_param_settings", None)
         if base is not None:
             base.pop("params", None)  # mmengine stores a placeholder tensor there
             self.base_param_settings = dict(base)
+        chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state_dict)
+        for group, kept in zip(self.optimizer.param_groups, chosen, strict=True):
+            for key in IMPLEMENTATION_KEYS:
+                group.pop(key, None)
+            group.update(kept)
 
 
 class AmpOptimWrapper(OptimWrapper):
@@ -324,11 +337,31 @@ class AmpOptimWrapper(OptimWrapper):
         super().load_state_dict(state_dict)
 
 
-def build_optim_wrapper(model: nn.Module, optim_wrapper_cfg: dict) -> OptimWrapper:
+def fast_step_arguments(optimizer_cfg: dict, params: list[torch.Tensor]) -> dict[str, bool]:
+    """The optimizer arguments for a faster step over ``params``: ``fused=True`` for SGD, Adam and AdamW
+    when every parameter is a floating-point CUDA tensor, else ``foreach=True``; nothing when
+    ``optimizer_cfg`` sets either.
+
+    foreach steps compute what the per-parameter loop computes (equal bit for bit on CPUs). Fused steps
+    may round differently (on CPUs, torch's fused SGD moves some weights by 1 ulp, so CPUs stay with
+    foreach). With ``paramwise_cfg`` every parameter is a group of its own, and neither has much to batch.
+    """
+    if any(key in optimizer_cfg for key in IMPLEMENTATION_KEYS):
+        return {}
+    name = optimizer_cfg["type"]
+    accepted = accepted_arguments(lookup("optimizer", name)) or set()
+    on_cuda = bool(params) and all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+    if on_cuda and name in FUSED_ON_CUDA and "fused" in accepted:
+        return {"fused": True}
+    return {"foreach": True} if "foreach" in accepted else {}
+
+
+def build_optim_wrapper(model: nn.Module, optim_wrapper_cfg: dict, fused_optimizer: bool = False) -> OptimWrapper:
     """The wrapper a config's ``optim_wrapper`` dict describes, over ``model``'s parameters.
 
     Without ``paramwise_cfg`` the optimizer gets ``model.parameters()`` as one group (frozen ones included,
     as mmengine). A DDP-wrapped model is unwrapped. The config dict is not modified.
+    ``fused_optimizer``: a fused or foreach step (:func:`fast_step_arguments`) unless the config picks one.
     """
     cfg = copy.deepcopy(dict(optim_wrapper_cfg))
     constructor = cfg.pop("constructor", "DefaultOptimWrapperConstructor")
@@ -346,5 +379,6 @@ def build_optim_wrapper(model: nn.Module, optim_wrapper_cfg: dict) -> OptimWrapp
                                        paramwise_cfg)
     else:
         params = model.parameters()
-    optimizer = build("optimizer", optimizer_cfg, params=params)
+    fast = fast_step_arguments(optimizer_cfg, list(model.parameters())) if fused_optimizer else {}
+    optimizer = build("optimizer", optimizer_cfg, params=params, **fast)
     return build("optim_wrapper", {"type": wrapper_type, **cfg}, optimizer=optimizer)

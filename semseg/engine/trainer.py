@@ -118,10 +118,28 @@ class Trainer:
         resume: ``True`` resumes from the latest checkpoint in ``work_dir`` (if any); a path resumes
             from that checkpoint.
         amp: mixed precision (float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs).
+        device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``; default: CUDA when available (under torchrun, the local GPU).
+
+        The speed options below are off by default; off, training is exactly what it was without them.
+        channels_last: model weights and input batches in ``torch.channels_last`` memory format (NHWC
+            convolutions; faster with bf16/fp16 and on most GPUs; float results differ in rounding).
+        fused_optimizer: a fused (CUDA) or foreach (otherwise) optimizer step, unless the config's
+            optimizer sets ``fused`` or ``foreach`` (see ``build_optim_wrapper``).
+        check_finite_every: 1 (default) checks the loss for NaN/inf every iteration, before the optimizer
+            step: every process stops in the iteration where a loss became non-finite, with the weights of
+            the one before. This costs one host-device synchronization per iteration on GPUs. With N > 1
+            the check runs without synchronizing: the first non-finite iteration is noted on the device,
+            and every N iterations (and before each log, validation and checkpoint) all processes look
+            at it and stop together; the error names that first iteration. Weights stepped after it are
+            never saved.
+        compile: ``torch.compile`` the training forward (``True``, or a dict of ``torch.compile``
+            keyword arguments such as ``dict(mode='max-autotune')``). The first iteration, which
+            compiles, is logged on its own and left out of the iteration time.
     """
 
     def __init__(self, cfg: Config, work_dir: str | Path, resume: bool | str | Path = False, amp: bool = False,
-                 device: str | None = None):
+                 device: str | None = None, *, channels_last: bool = False, fused_optimizer: bool = False,
+                 check_finite_every: int = 1, compile: bool | dict = False):
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         if resume is False and cfg.get("resume"):
@@ -154,14 +172,29 @@ class Trainer:
         self.save_best = checkpoint_hook.get("save_best")
         self.log_interval = int((hooks.get("logger") or {}).get("interval", 50))
 
+        if check_finite_every < 1:
+            raise ValueError(f"check_finite_every must be >= 1, got {check_finite_every}")
+        if compile is not False and not (compile is True or isinstance(compile, dict)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
+        self.channels_last = channels_last
+        self.check_finite_every = check_finite_every
+        self.compile = compile
+        self.first_iter_time: float | None = None  # seconds, compilation included (set by train())
+        self._bad_iter: torch.Tensor | None = None  # check_finite_every > 1: first non-finite iteration, 0: none
+        self._bad_values: torch.Tensor | None = None  # and its total loss and loss terms
+        self._loss_names: list[str] = []
+
         self.module = build("segmentor", cfg.model.to_dict()).to(self.device)
-        self.model = self.module  # what trains: the module, or its DDP wrapper once the weights are loaded
+        if channels_last:  # before the optimizer and DDP see the parameters
+            self.module.to(memory_format=torch.channels_last)
+        # what trains: the module, or its DDP wrapper once the weights are loaded, or that compiled
+        self.model = self.module
 
         optim_cfg = cfg.optim_wrapper.to_dict()
         if amp:
             optim_cfg["type"] = "AmpOptimWrapper"
             optim_cfg.setdefault("dtype", "float16" if self.device.type == "cuda" else "bfloat16")
-        self.optim_wrapper = build_optim_wrapper(self.module, optim_cfg)
+        self.optim_wrapper = build_optim_wrapper(self.module, optim_cfg, fused_optimizer=fused_optimizer)
         scheduler_cfg = cfg.get("param_scheduler") or []
         self.schedulers = build_schedulers(
             scheduler_cfg.to_dict() if hasattr(scheduler_cfg, "to_dict") else scheduler_cfg,
@@ -258,11 +291,15 @@ class Trainer:
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.cfg.get("find_unused_parameters", False),
             )
+        if self.compile is not False:
+            self.model = torch.compile(self.model, **(self.compile if isinstance(self.compile, dict) else {}))
 
     def train(self) -> torch.nn.Module:
         """Run until ``max_iters``; returns the (unwrapped) model."""
         self._start()
         dataloader_cfg = self.cfg.train_dataloader.to_dict()
+        # page-locked batches copy to the GPU asynchronously; the config's own setting wins
+        dataloader_cfg.setdefault("pin_memory", self.device.type == "cuda")
         with rng_preserved():
             loader, dataset = build_train_stream(dataloader_cfg, seed=self.seed,
                                                  start=self.iter * dataloader_cfg["batch_size"])
@@ -280,35 +317,106 @@ class Trainer:
         return self.module
 
     def _loop(self, batches: Iterator[dict], progress: Progress) -> None:
+        first_iter = self.iter + 1
         while self.iter < self.max_iters:
             with rng_preserved():  # the loader's first batch draws its base seed: not part of training's draws
                 batch = next(batches)
             progress.mark_data()
             self._check_labels(batch)
             inputs, labels = self.module.data_preprocessor(
-                [image.to(self.device) for image in batch["inputs"]],
-                [label.to(self.device) for label in batch["gt_sem_seg"]], training=True)
-            with self.optim_wrapper.optim_context(self.model):
-                losses = self.model(inputs, labels)
-            loss = sum(value for key, value in losses.items() if "loss" in key)
-            # every process learns of a non-finite loss anywhere, so all stop together (none waits in backward)
-            non_finite = distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float())
-            if non_finite > 0:
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
-                cause = f"loss became {loss.item()}" if not torch.isfinite(loss) else "another process's loss became non-finite"
-                raise FloatingPointError(f"{cause} at iteration {self.iter + 1} ({terms}); training stopped{kept}")
-            self.optim_wrapper.update_params(loss)
+                [image.to(self.device, non_blocking=True) for image in batch["inputs"]],
+                [label.to(self.device, non_blocking=True) for label in batch["gt_sem_seg"]], training=True)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with self._compile_errors(self.iter + 1 == first_iter):
+                with self.optim_wrapper.optim_context(self.model):
+                    losses = self.model(inputs, labels)
+                loss = sum(value for key, value in losses.items() if "loss" in key)
+                if self.check_finite_every == 1:
+                    self._stop_if_non_finite(losses, loss)
+                else:
+                    self._note_non_finite(losses, loss)
+                self.optim_wrapper.update_params(loss)
             self.schedulers.step()
             self.iter += 1
             progress.mark_iter()
-            if self.iter % self.log_interval == 0 or self.iter == self.max_iters:
+            log_now = self.iter % self.log_interval == 0 or self.iter == self.max_iters
+            validate_now = self.iter % self.val_interval == 0 or self.iter == self.max_iters
+            save_now = self.iter % self.checkpoint_interval == 0 or self.iter == self.max_iters
+            if self.check_finite_every > 1 and (self.iter % self.check_finite_every == 0 or log_now
+                                                or validate_now or save_now):
+                self._stop_if_noted_non_finite()
+            if log_now:
                 self._log_train(losses, progress)
             # validate first, so that a checkpoint written at this iteration knows the best score so far
-            if self.iter % self.val_interval == 0 or self.iter == self.max_iters:
+            if validate_now:
                 self.validate()
-            if self.iter % self.checkpoint_interval == 0 or self.iter == self.max_iters:
+            if save_now:
                 self.save()
+            if self.iter == first_iter:
+                # the first iteration compiles (torch.compile) and warms up caches: report it on its own and
+                # keep it out of the steady-state time per iteration and the ETA
+                self.first_iter_time = progress.iter_times[-1]
+                what = "torch.compile's compilation included" if self.compile is not False else "warm-up included"
+                self.logger.info(f"first iteration: {self.first_iter_time:.3f} s ({what}); the iteration time "
+                                 "logged from now on leaves it out")
+                progress = Progress(self.iter, self.max_iters)
+
+    @contextlib.contextmanager
+    def _compile_errors(self, first: bool) -> Iterator[None]:
+        """Turn a failure of torch.compile's first compilation into an error that says so and how to avoid it."""
+        if not first or self.compile is False:
+            yield
+            return
+        try:
+            yield
+        except Exception as error:
+            if not type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            raise RuntimeError(f"torch.compile failed on this machine ({type(error).__name__}: "
+                               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); train "
+                               "without compile, or choose another backend, e.g. compile=dict(backend='aot_eager')"
+                               ) from error
+
+    def _stop_if_non_finite(self, losses: dict, loss: torch.Tensor) -> None:
+        """Every process learns of a non-finite loss anywhere, so all stop together (none waits in backward).
+
+        One host-device synchronization (the loss's finiteness summed over processes)."""
+        non_finite = distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float())
+        if non_finite > 0:
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
+            cause = f"loss became {loss.item()}" if not torch.isfinite(loss) else "another process's loss became non-finite"
+            raise FloatingPointError(f"{cause} at iteration {self.iter + 1} ({terms}); training stopped{kept}")
+
+    def _note_non_finite(self, losses: dict, loss: torch.Tensor) -> None:
+        """Remember on the device the first iteration whose loss is non-finite, with its values; no sync."""
+        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in losses.values())])
+        if self._bad_iter is None:
+            self._bad_iter = torch.zeros((), dtype=torch.long, device=values.device)
+            self._bad_values = torch.zeros_like(values)
+            self._loss_names = list(losses)
+        first = (self._bad_iter == 0) & ~torch.isfinite(values[0])
+        self._bad_iter = torch.where(first, self.iter + 1, self._bad_iter)
+        self._bad_values = torch.where(first, values, self._bad_values)
+
+    def _stop_if_noted_non_finite(self) -> None:
+        """Stop every process if any noted a non-finite loss since the run started (one sync, one all-reduce)."""
+        if self._bad_iter is None:
+            return
+        if distributed.all_reduce_sum((self._bad_iter > 0).float()) == 0:
+            return
+        mine = int(self._bad_iter)
+        firsts = [i for i in distributed.all_gather_object(mine) if i > 0]
+        kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
+        found = f"found at iteration {self.iter} (check_finite_every={self.check_finite_every})"
+        if mine:
+            total, *terms = self._bad_values.tolist()
+            named = ", ".join(f"{k}={v:.4g}" for k, v in zip(self._loss_names, terms, strict=True))
+            raise FloatingPointError(f"loss became {total} at iteration {mine} ({named}; {found}); "
+                                     f"training stopped{kept}")
+        raise FloatingPointError(f"another process's loss became non-finite at iteration {min(firsts)} ({found}); "
+                                 f"training stopped{kept}")
 
     def _check_labels(self, batch: dict) -> None:
         """Label values must be classes or ``ignore_index``; name the file of any that is not."""
@@ -322,7 +430,8 @@ class Trainer:
                                  f"(0..{num_classes - 1}) and ignore_index {ignore_index}")
 
     def _log_train(self, losses: dict, progress: Progress) -> None:
-        values = {k: float(v.detach()) for k, v in losses.items()}
+        # one host-device synchronization for all the values
+        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist(), strict=True))
         lr = self.optim_wrapper.get_lr()["lr"][0]
         record = {"lr": lr, **values, "time": progress.time_per_iter, "data_time": progress.data_time,
                   "memory": memory_mb(self.device)}

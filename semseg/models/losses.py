@@ -57,7 +57,7 @@ def cross_entropy(
         pixel_weight = class_weight[torch.where(ignored, 0, labels)]
         avg_factor = torch.where(ignored, 0.0 if avg_non_ignore else 1.0, pixel_weight).sum()
     elif avg_factor is None and avg_non_ignore and reduction == "mean":
-        avg_factor = labels.numel() - (labels == ignore_index).sum().item()
+        avg_factor = labels.numel() - (labels == ignore_index).sum()  # a tensor: no host sync
     if weight is not None:
         weight = weight.float()
     return reduce_loss(loss, weight, reduction, avg_factor)
@@ -96,7 +96,7 @@ def binary_cross_entropy(
     valid = valid.float()
     weight = valid if weight is None else weight * valid
     if reduction == "mean" and avg_factor is None and avg_non_ignore:
-        avg_factor = valid.sum().item()
+        avg_factor = valid.sum()
     loss = F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=class_weight, reduction="none")
     return reduce_loss(loss, weight, reduction, avg_factor)
 
@@ -162,11 +162,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | Non
     """Top-1 pixel accuracy in percent over non-ignored pixels. logits (N, C, H, W), labels (N, H, W)."""
     predicted = logits.argmax(dim=1)
     valid = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
-    num_valid = valid.sum()
-    if num_valid == 0:
-        return logits.new_zeros(())
     correct = (predicted == labels) & valid
-    return correct.sum().float() * 100.0 / num_valid
+    # clamp rather than `if num_valid == 0`: no host sync; no valid pixel gives 0 either way
+    return correct.sum().float() * 100.0 / valid.sum().clamp(min=1)
 
 
 def head_losses(head: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -52,7 +52,9 @@ def init_model(
             then no longer matches MMSegmentation checkpoints (inference only).
         channels_last: weights and inputs in channels-last memory format.
         inference_mode: ``model.inference`` runs under ``torch.inference_mode``.
-        compile: ``torch.compile`` the network forward (``True``, or a dict of ``torch.compile`` arguments,
+        compile: ``torch.compile`` the network forward (``True``: inductor with the weights frozen as
+            constants, see :meth:`~semseg.models.segmentor.EncoderDecoder.compile_network`; or a dict of
+            its arguments,
             e.g. ``dict(backend='aot_eager')``); the first call's duration (compilation included) is kept as
             ``model.compile_seconds``.
     """
@@ -83,7 +85,8 @@ def init_model(
     model.channels_last = channels_last
     model.use_inference_mode = inference_mode
     if compile is not False:
-        model.compile_network(**(compile if isinstance(compile, dict) else {}))
+        # inference weights never change after compiling, so inductor may treat them as constants
+        model.compile_network(**(compile if isinstance(compile, dict) else {"freeze_weights": True}))
     return model
 
 

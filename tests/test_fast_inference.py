@@ -321,15 +321,18 @@ def test_run_test_passes_precision_and_fuse(monkeypatch) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- compile
+TINY = dict(model=dict(
+    type="EncoderDecoder",
+    backbone=dict(type="ResNetV1c", depth=18, stem_channels=8, base_channels=4, num_stages=2,
+                  out_indices=(1,), strides=(1, 2), dilations=(1, 1)),
+    decode_head=dict(type="FCNHead", in_channels=8, channels=4, num_convs=1, num_classes=3, in_index=0,
+                     dropout_ratio=0.0)))
+
+
 def test_compile_reports_compile_time_apart() -> None:
     """Through Dynamo with the ``aot_eager`` backend: inductor's C++ compilation takes ~20 s here when cold."""
     torch.manual_seed(0)
-    cfg = dict(model=dict(
-        type="EncoderDecoder",
-        backbone=dict(type="ResNetV1c", depth=18, stem_channels=8, base_channels=4, num_stages=2,
-                      out_indices=(1,), strides=(1, 2), dilations=(1, 1)),
-        decode_head=dict(type="FCNHead", in_channels=8, channels=4, num_convs=1, num_classes=3, in_index=0,
-                         dropout_ratio=0.0)))
+    cfg = TINY
     eager = semseg.init_model(cfg)
     compiled = semseg.init_model(cfg, compile=dict(backend="aot_eager"))
     compiled.load_state_dict(eager.state_dict())
@@ -345,3 +348,20 @@ def test_compile_reports_compile_time_apart() -> None:
     assert torch.allclose(first, expected, atol=1e-4) and torch.equal(first, second)
     with pytest.raises(TypeError, match="compile must be"):
         semseg.init_model(cfg, compile="yes")
+
+
+def test_compile_freezes_weights_while_compiling() -> None:
+    """``freeze_weights`` (what ``compile=True`` asks for) is in inductor's config while the graph compiles."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+
+    def backend(graph, example_inputs):
+        seen.append(inductor_config.freezing)
+        return graph.forward
+
+    for freeze in (True, False):
+        model = semseg.init_model(TINY, compile=dict(backend=backend, freeze_weights=freeze))
+        with torch.no_grad():
+            model.inference(torch.randn(1, 3, 24, 32))
+    assert seen == [True, False] and inductor_config.freezing is False

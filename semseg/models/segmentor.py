@@ -60,6 +60,7 @@ class EncoderDecoder(nn.Module):
         self.use_inference_mode = False
         self.compile_seconds: float | None = None
         self._compiled_network = None
+        self._freeze_weights = False
 
     @property
     def with_neck(self) -> bool:
@@ -100,19 +101,32 @@ class EncoderDecoder(nn.Module):
         """x (N, 3, H, W) normalized -> logits (N, C, h, w) at the decode head's resolution."""
         return self.decode(self.extract_feat(x))
 
-    def compile_network(self, **options) -> None:
+    def compile_network(self, freeze_weights: bool = False, **options) -> None:
         """Run :meth:`network` through ``torch.compile(**options)`` from now on (inference only: ``loss``
-        stays eager). The first call compiles; its duration is kept as ``compile_seconds``."""
+        stays eager). The first call compiles; its duration is kept as ``compile_seconds``.
+
+        ``freeze_weights``: inductor treats the weights as constants (folds and prepacks them: 0.88x the
+        eager fp32 time of PSPNet R50-D8 on a 2-core CPU, not bit-exact); the weights must not change
+        afterwards. Inductor reads this setting at compile time only from its global config, so each
+        compiled call runs inside a patch of it.
+        """
         self._compiled_network = torch.compile(self.network, **options)
+        self._freeze_weights = freeze_weights
         self.compile_seconds = None
 
     def _run_network(self, x: torch.Tensor) -> torch.Tensor:
         if self._compiled_network is None:
             return self.network(x)
-        if self.compile_seconds is not None:
-            return self._compiled_network(x)
-        start = time.perf_counter()
-        logits = self._compiled_network(x)
+        freezing = contextlib.nullcontext()
+        if self._freeze_weights:
+            import torch._inductor.config as inductor_config
+
+            freezing = inductor_config.patch(freezing=True)
+        with freezing:
+            if self.compile_seconds is not None:
+                return self._compiled_network(x)
+            start = time.perf_counter()
+            logits = self._compiled_network(x)
         self.compile_seconds = time.perf_counter() - start
         return logits
 

@@ -15,6 +15,12 @@ BACKBONES = {
     "ResNet": "semseg.models.backbones.resnet:ResNet",
     "ResNetV1c": "semseg.models.backbones.resnet:ResNetV1c",
     "ResNetV1d": "semseg.models.backbones.resnet:ResNetV1d",
+    "ResNeSt": "semseg.models.backbones.resnest:ResNeSt",
+    "HRNet": "semseg.models.backbones.hrnet:HRNet",
+    "MobileNetV2": "semseg.models.backbones.mobilenet_v2:MobileNetV2",
+    "MobileNetV3": "semseg.models.backbones.mobilenet_v3:MobileNetV3",
+    "CGNet": "semseg.models.backbones.cgnet:CGNet",
+    "FastSCNN": "semseg.models.backbones.fast_scnn:FastSCNN",
 }
 
 NECKS: dict[str, str] = {}
@@ -33,6 +39,8 @@ HEADS = {
     "DAHead": "semseg.models.heads.da:DAHead",
     "EMAHead": "semseg.models.heads.ema:EMAHead",
     "ANNHead": "semseg.models.heads.ann:ANNHead",
+    "LRASPPHead": "semseg.models.heads.lraspp:LRASPPHead",
+    "DepthwiseSeparableFCNHead": "semseg.models.heads.sep_fcn:DepthwiseSeparableFCNHead",
 }
 
 LOSSES = {

@@ -11,8 +11,9 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 
-from semseg.build import BACKBONES, HEADS, TABLES, lookup
+from semseg.build import BACKBONES, HEADS, TABLES, build, lookup
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -21,6 +22,48 @@ REPO = TESTS.parent
 @pytest.mark.parametrize(("kind", "name"), [(kind, name) for kind, table in TABLES.items() for name in table])
 def test_every_table_entry_imports(kind: str, name: str) -> None:
     assert callable(lookup(kind, name))
+
+
+def _hrnet_extra(widths: tuple[int, ...]) -> dict:
+    stage = dict(num_modules=1, block="BASIC")
+    return dict(
+        stage1=dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1,), num_channels=(8,)),
+        stage2=dict(stage, num_branches=2, num_blocks=(1, 1), num_channels=widths[:2]),
+        stage3=dict(stage, num_branches=3, num_blocks=(1, 1, 1), num_channels=widths[:3]),
+        stage4=dict(stage, num_branches=4, num_blocks=(1, 1, 1, 1), num_channels=widths),
+    )
+
+
+# One small instance of every backbone, to check the contract: forward returns a list of NCHW maps whose
+# channels and strides are the backbone's ``out_channels`` and ``out_strides``.
+SMALL_BACKBONES = {
+    "ResNet": dict(depth=18, base_channels=8, stem_channels=8),
+    "ResNetV1c": dict(depth=50, base_channels=4, stem_channels=8, out_indices=(1, 3), strides=(1, 2, 1, 1),
+                      dilations=(1, 1, 2, 4)),
+    "ResNetV1d": dict(depth=18, base_channels=8, stem_channels=8, out_indices=(0, 2)),
+    "ResNeSt": dict(depth=50, base_channels=8, stem_channels=8, radix=2, groups=1, base_width=4),
+    "HRNet": dict(extra=_hrnet_extra((4, 8, 12, 16))),
+    "MobileNetV2": dict(widen_factor=0.35, out_indices=(1, 2, 4, 6)),
+    "MobileNetV3": dict(arch="small", out_indices=(0, 1, 12)),
+    "CGNet": dict(num_channels=(8, 16, 32), num_blocks=(2, 3), dilations=(2, 4), reductions=(4, 8)),
+    "FastSCNN": dict(downsample_dw_channels=(8, 12), global_in_channels=16, global_block_channels=(16, 24, 32),
+                     global_out_channels=32, higher_in_channels=16, lower_in_channels=32, fusion_out_channels=16),
+}
+
+
+def test_every_backbone_has_a_contract_case() -> None:
+    assert set(SMALL_BACKBONES) == set(BACKBONES)
+
+
+@pytest.mark.parametrize("type_name", sorted(SMALL_BACKBONES))
+def test_backbones_state_their_outputs(type_name: str) -> None:
+    torch.manual_seed(0)
+    model = build("backbone", dict(type=type_name, **SMALL_BACKBONES[type_name])).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 96))
+    assert isinstance(outs, (list, tuple)) and all(out.dim() == 4 for out in outs)
+    assert [out.shape[1] for out in outs] == list(model.out_channels)
+    assert [(64 // out.shape[2], 96 // out.shape[3]) for out in outs] == [(s, s) for s in model.out_strides]
 
 
 @cache

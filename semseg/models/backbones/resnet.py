@@ -22,6 +22,7 @@ class _ResBlock(nn.Module):
     """Shared part of the residual blocks: residual branch + shortcut, final ReLU, optional checkpointing."""
 
     norm_names: tuple[str, ...]
+    zero_init_last = True  # zero_init_residual zeroes the last norm (MMSegmentation: ResNet's own blocks only)
 
     def __init__(self, downsample: nn.Module | None, with_cp: bool):
         super().__init__()
@@ -35,6 +36,10 @@ class _ResBlock(nn.Module):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def last_norm(self) -> nn.Module:
+        """The norm closing the residual branch (``zero_init_residual`` zeroes it)."""
+        return getattr(self, self.norm_names[-1])
 
     def _branches(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -180,6 +185,8 @@ class ResNet(nn.Module):
         out_strides: output stride (input size / feature size) of each returned feature map.
     """
 
+    arch_settings: dict[int, tuple[type[_ResBlock], tuple[int, ...]]] = ARCH_SETTINGS
+
     def __init__(
         self,
         depth: int,
@@ -208,10 +215,11 @@ class ResNet(nn.Module):
         init_cfg: dict | list[dict] | None = None,
     ):
         super().__init__()
-        if depth not in ARCH_SETTINGS:
-            raise KeyError(f"invalid depth {depth} for ResNet; expected one of {sorted(ARCH_SETTINGS)}")
+        if depth not in self.arch_settings:
+            raise KeyError(f"invalid depth {depth} for {type(self).__name__}; expected one of "
+                           f"{sorted(self.arch_settings)}")
         if dcn is not None or plugins:
-            raise NotImplementedError("ResNet with dcn or plugins is not supported (they need mmcv ops)")
+            raise NotImplementedError(f"{type(self).__name__} with dcn or plugins is not supported (they need mmcv ops)")
         if not 1 <= num_stages <= 4:
             raise ValueError(f"num_stages must be 1 to 4, got {num_stages}")
         if not len(strides) == len(dilations) == num_stages:
@@ -228,6 +236,7 @@ class ResNet(nn.Module):
             raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
 
         self.depth = depth
+        self.base_channels = base_channels
         self.pretrained = pretrained
         self.init_cfg = init_cfg
         self.out_indices = out_indices
@@ -235,9 +244,33 @@ class ResNet(nn.Module):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.stage_with_dcn = stage_with_dcn
-        block, stage_blocks = ARCH_SETTINGS[depth]
+        block, stage_blocks = self.arch_settings[depth]
+        self._make_stem(in_channels, stem_channels, conv_cfg, norm_cfg)
 
-        if deep_stem:
+        self.res_layers: list[str] = []
+        all_channels, all_strides = [], []
+        inplanes, total_stride = stem_channels, 4
+        for i in range(num_stages):
+            planes = base_channels * 2**i
+            dils = _block_dilations(stage_blocks[i], dilations[i],
+                                    multi_grid if i == num_stages - 1 else None, contract_dilation)
+            layer = self.make_res_layer(block, inplanes, planes, dils, strides[i], avg_down, conv_cfg, norm_cfg,
+                                        style=style, with_cp=with_cp)
+            self.add_module(f"layer{i + 1}", layer)
+            self.res_layers.append(f"layer{i + 1}")
+            inplanes = planes * block.expansion
+            total_stride *= strides[i]
+            all_channels.append(inplanes)
+            all_strides.append(total_stride)
+        self.out_channels = [all_channels[i] for i in out_indices]
+        self.out_strides = [all_strides[i] for i in out_indices]
+
+        self._init_weights(zero_init_residual)
+        self._freeze_stages()
+
+    def _make_stem(self, in_channels: int, stem_channels: int, conv_cfg: dict | None, norm_cfg: dict) -> None:
+        """V1b: ``conv1`` 7x7/2 + ``bn1`` + ``relu``; deep stem: ``stem`` (three 3x3 convs, the first /2)."""
+        if self.deep_stem:
             # Keys stem.0/1 (conv, norm), stem.3/4, stem.6/7; the ReLUs hold positions 2, 5, 8.
             half = stem_channels // 2
             self.stem = nn.Sequential(
@@ -257,36 +290,23 @@ class ResNet(nn.Module):
             self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        self.res_layers: list[str] = []
-        all_channels, all_strides = [], []
-        inplanes, total_stride = stem_channels, 4
-        for i in range(num_stages):
-            planes = base_channels * 2**i
-            outplanes = planes * block.expansion
-            num_blocks = stage_blocks[i]
-            dils = _block_dilations(num_blocks, dilations[i], multi_grid if i == num_stages - 1 else None,
-                                    contract_dilation)
-            downsample = None
-            if strides[i] != 1 or inplanes != outplanes:
-                downsample = _downsample(inplanes, outplanes, strides[i], avg_down, conv_cfg, norm_cfg)
-            blocks = []
-            for j in range(num_blocks):
-                blocks.append(block(
-                    inplanes if j == 0 else outplanes, planes, stride=strides[i] if j == 0 else 1,
-                    dilation=dils[j], downsample=downsample if j == 0 else None, style=style,
-                    with_cp=with_cp, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                ))
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.res_layers.append(f"layer{i + 1}")
-            inplanes = outplanes
-            total_stride *= strides[i]
-            all_channels.append(outplanes)
-            all_strides.append(total_stride)
-        self.out_channels = [all_channels[i] for i in out_indices]
-        self.out_strides = [all_strides[i] for i in out_indices]
+    def make_res_layer(self, block: type[_ResBlock], inplanes: int, planes: int, dilations: Sequence[int],
+                       stride: int, avg_down: bool, conv_cfg: dict | None, norm_cfg: dict,
+                       **block_kwargs) -> nn.Sequential:
+        """One stage: ``len(dilations)`` blocks, the first with ``stride`` and the shortcut projection.
 
-        self._init_weights(zero_init_residual)
-        self._freeze_stages()
+        ``block_kwargs`` (``style``, ``with_cp``, and a subclass's own block options) go to every block.
+        Subclasses with other blocks (ResNeSt) override this to add their options.
+        """
+        outplanes = planes * block.expansion
+        downsample = None
+        if stride != 1 or inplanes != outplanes:
+            downsample = _downsample(inplanes, outplanes, stride, avg_down, conv_cfg, norm_cfg)
+        blocks = [block(inplanes, planes, stride=stride, dilation=dilations[0], downsample=downsample,
+                        conv_cfg=conv_cfg, norm_cfg=norm_cfg, **block_kwargs)]
+        blocks += [block(outplanes, planes, stride=1, dilation=dilation, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                         **block_kwargs) for dilation in dilations[1:]]
+        return nn.Sequential(*blocks)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         """Kaiming-normal convs (fan_out, ReLU), norms at weight 1 bias 0; optionally zero each block's last norm."""
@@ -300,8 +320,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, _ResBlock):
-                    last = m.norm(len(m.norm_names))
+                if isinstance(m, _ResBlock) and m.zero_init_last:
+                    last = m.last_norm()
                     nn.init.zeros_(last.weight)
                     nn.init.zeros_(last.bias)
 

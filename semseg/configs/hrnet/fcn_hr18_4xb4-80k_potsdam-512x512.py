@@ -1,0 +1,13 @@
+_base_ = [
+    '../_base_/models/fcn_hr18.py',
+    '../_base_/datasets/potsdam.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/schedule_80k.py',
+]
+
+data_preprocessor = dict(size=(512, 512))
+
+model = dict(
+    data_preprocessor=data_preprocessor,
+    decode_head=dict(num_classes=6),
+)

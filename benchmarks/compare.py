@@ -226,15 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     import mmseg
 
     started = time.strftime("%Y-%m-%d %H:%M")
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, name in MODELS.items():
-            rows += inference_rows(label, name, Path(tmp), args.repeats, args.images)
-        rows += slide_rows(MODELS["PSPNet"], Path(tmp), args.repeats)
-        for label, name in MODELS.items():
-            rows += train_rows(label, name, Path(tmp), args.repeats, args.images)
     command = "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
+    header = "\n".join([
         "# semseg vs MMSegmentation 1.2.2",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
@@ -247,12 +240,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{WHOLE_SHAPE[0]} inputs, batch {TRAIN_BATCH} for training. GFLOP/s counts a multiply-add as two "
         f"(training: forward x 3).",
         "",
-        table(rows),
-        "",
     ])
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    rows: list[Row] = []
+
+    def report(done: bool) -> None:  # after every group, so that an interrupted run keeps what it measured
+        text = header + "\n" + table(rows) + "\n" + ("" if done else "\n(run interrupted: rows so far)\n")
+        if args.out:
+            args.out.write_text(text)
+        if done:
+            print(text)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, name in MODELS.items():
+            rows += inference_rows(label, name, Path(tmp), args.repeats, args.images)
+            report(done=False)
+        rows += slide_rows(MODELS["PSPNet"], Path(tmp), args.repeats)
+        report(done=False)
+        for label, name in MODELS.items():
+            rows += train_rows(label, name, Path(tmp), args.repeats, args.images)
+            report(done=False)
+    report(done=True)
     return 0
 
 

@@ -409,3 +409,125 @@ def oracle_head_loss(head: nn.Module, feats: list[torch.Tensor], labels: torch.T
     hw = tuple(labels.shape[1:])
     metas = [dict(img_shape=hw, ori_shape=hw) for _ in range(labels.shape[0])]
     return dict(head.loss(feats, _data_samples(labels, metas), train_cfg={}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pairs of (oracle, ours) and their comparisons, shared by the backbone and zoo-model conformance tests.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference of two same-shaped tensors."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+def backbone_pair(cfg: dict) -> tuple[nn.Module, nn.Module]:
+    """(oracle backbone with random weights and norm statistics, ours holding its state dict), eval mode.
+
+    The oracle's backbones return None from ``train``, hence no chaining on its side.
+    """
+    require_oracle()
+    torch.manual_seed(0)
+    oracle = randomize_(build_oracle_module(cfg), seed=1)
+    oracle.eval()
+    ours = build("backbone", dict(cfg)).eval()
+    theirs = oracle.state_dict()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
+    ours.load_state_dict(theirs, strict=True)
+    return oracle, ours
+
+
+def assert_features_equal(got: list[torch.Tensor], expected: list[torch.Tensor], out_channels: list[int],
+                          min_abs: float = 1e-3, tol: float = 1e-4) -> None:
+    """Same number of levels as ``out_channels``, each (N, out_channels[k], h, w) and within ``tol``; the
+    oracle's levels must exceed ``min_abs`` somewhere (an all-zero output would compare equal)."""
+    assert len(got) == len(expected) == len(out_channels)
+    for level, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert g.shape == e.shape, f"level {level}"
+        assert g.shape[1] == out_channels[level], f"level {level}"
+        assert e.abs().max() > min_abs
+        assert max_diff(g, e) < tol, f"level {level}: max diff {max_diff(g, e)}"
+
+
+def zoo_pair(name_or_path: str | Path, ckpt_dir: str | Path, cfg_options: dict | None = None,
+             method: str | None = None) -> tuple[nn.Module, nn.Module]:
+    """(oracle model, semseg model) of a zoo config, same random weights and norm statistics.
+
+    ``name_or_path``: a zoo name, or the path of one of semseg's config files (``<method>/<name>.py``; the
+    oracle's config of the same name in the same method folder is used). ``cfg_options`` (dotted keys)
+    apply to both sides; the oracle's weights reach ours through a checkpoint saved in ``ckpt_dir``, loaded
+    strictly, and the key sets must be equal.
+    """
+    import semseg
+
+    require_oracle()
+    path = Path(name_or_path) if str(name_or_path).endswith(".py") else None
+    name = path.stem if path else str(name_or_path)
+    cfg = load_oracle_config(name, method or (path.parent.name if path else None))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    oracle = randomize_(build_oracle_model(cfg.model, seed=1), seed=2)
+    ckpt = save_oracle_state_dict(oracle, Path(ckpt_dir) / f"{name}.pth")
+    ours = semseg.init_model(name_or_path, checkpoint=ckpt, cfg_options=cfg_options)
+    assert set(ours.state_dict()) == set(oracle.state_dict())
+    return oracle, ours
+
+
+def assert_encode_decode_equal(oracle: nn.Module, ours: nn.Module, size: tuple[int, int] = (57, 83),
+                               tol: float = 1e-4) -> None:
+    """``encode_decode`` of a (2, 3, *size) batch (seed 0): logits within ``tol``, the oracle's not all ~0."""
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    expected = oracle_encode_decode(oracle, x)
+    with torch.no_grad():
+        got = ours.encode_decode(x)
+    assert expected.abs().max() > 1e-3  # a trivial all-zero output would compare equal
+    assert max_diff(got, expected) < tol
+
+
+def assert_slide_equal(oracle: nn.Module, ours: nn.Module, size: tuple[int, int] = (71, 97),
+                       crop: tuple[int, int] = (48, 56), stride: tuple[int, int] = (27, 31),
+                       tol: float = 1e-4) -> None:
+    """Slide inference of a (2, 3, *size) batch (seed 1) with ``crop`` / ``stride``: logits within ``tol``.
+    Our model's ``test_cfg`` is restored afterwards."""
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    expected = oracle_inference(oracle, x, mode="slide", crop_size=crop, stride=stride)
+    saved = ours.test_cfg
+    ours.test_cfg = {"mode": "slide", "crop_size": crop, "stride": stride}
+    try:
+        with torch.no_grad():
+            got = ours.inference(x)
+    finally:
+        ours.test_cfg = saved
+    assert max_diff(got, expected) < tol
+
+
+def set_dropout_off(model: nn.Module) -> None:
+    """Zero the rate of every Dropout / Dropout2d, so training-mode outputs are deterministic."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout2d | nn.Dropout):
+            module.p = 0.0
+
+
+def assert_loss_equal(oracle: nn.Module, ours: nn.Module, size: tuple[int, int] = (49, 67),
+                      ignore_rows: int = 5, tol: float = 1e-4) -> dict[str, torch.Tensor]:
+    """Training losses (dropout off, train mode, then eval again) of a (2, 3, *size) batch and random labels
+    (seed 2) whose first ``ignore_rows`` rows are 255: same keys, values within ``tol``. Returns ours."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, *size, generator=generator)
+    labels = torch.randint(0, ours.num_classes, (2, *size), generator=generator)
+    if ignore_rows:
+        labels[:, :ignore_rows] = 255
+    for model in (oracle, ours):
+        model.train()
+        set_dropout_off(model)
+    try:
+        expected = oracle_loss(oracle, x, labels)
+        got = ours.loss(x, labels)
+    finally:
+        oracle.eval()
+        ours.eval()
+    assert set(got) == set(expected)
+    for key in expected:
+        assert abs(got[key].item() - expected[key].item()) < tol, key
+    return got

@@ -10,21 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 from oracle import (
-    build_oracle_model,
-    build_oracle_module,
+    assert_encode_decode_equal,
+    assert_features_equal,
+    assert_loss_equal,
+    assert_slide_equal,
+    backbone_pair,
     head_pair,
-    load_oracle_config,
-    oracle_encode_decode,
+    max_diff,
     oracle_head_loss,
-    oracle_inference,
-    oracle_loss,
-    randomize_,
     require_oracle,
-    save_oracle_state_dict,
+    zoo_pair,
 )
 
 import semseg
-from semseg.build import build
 
 TOL = 1e-4
 CONFIG_DIR = Path(semseg.__file__).parent / "configs" / "fastscnn"
@@ -38,30 +36,14 @@ BACKBONES = {
 ZOO = ["fast_scnn_8xb4-160k_cityscapes-512x1024"]
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
-
-
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_backbone_keys_and_features(name: str) -> None:
-    require_oracle()
-    cfg = BACKBONES[name]
-    torch.manual_seed(0)
-    oracle = randomize_(build_oracle_module(cfg), seed=1)
-    oracle.eval()  # the oracle's CGNet.train returns None: no chaining
-    ours = build("backbone", dict(cfg)).eval()
-    state = oracle.state_dict()
-    assert set(ours.state_dict()) == set(state)
-    ours.load_state_dict(state, strict=True)
+    oracle, ours = backbone_pair(BACKBONES[name])
     x = torch.randn(2, 3, 75, 101, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected, got = oracle(x), ours(x)
-    assert len(got) == len(expected) == len(cfg.get("out_indices", (0, 1, 2)))
-    for level, (g, e) in enumerate(zip(got, expected, strict=True)):
-        assert g.shape[1] == ours.out_channels[level]
-        assert e.abs().max() > 1e-3
-        assert _max_diff(g, e) < TOL, f"level {level}"
+    assert_features_equal(got, expected, ours.out_channels, min_abs=1e-3)
+    assert len(got) == len(BACKBONES[name].get("out_indices", (0, 1, 2)))
 
 
 HEADS = {
@@ -88,7 +70,7 @@ def test_sep_fcn_head(name: str, align_corners: bool) -> None:
     with torch.no_grad():
         expected, got = oracle(feats), ours(feats)
     assert expected.abs().max() > 1e-3
-    assert _max_diff(got, expected) < TOL
+    assert max_diff(got, expected) < TOL
 
     labels = torch.randint(0, 5, (2, 25, 33), generator=generator)
     labels[:, :3] = 255
@@ -103,56 +85,17 @@ def test_sep_fcn_head(name: str, align_corners: bool) -> None:
 
 @pytest.fixture(scope="module", params=ZOO)
 def pair(request, tmp_path_factory):
-    name = request.param
-    oracle = randomize_(build_oracle_model(load_oracle_config(name, "fastscnn").model, seed=1), seed=2)
-    path = save_oracle_state_dict(oracle, tmp_path_factory.mktemp("ckpt") / f"{name}.pth")
-    ours = semseg.init_model(str(CONFIG_DIR / f"{name}.py"), checkpoint=path)
-    assert set(ours.state_dict()) == set(oracle.state_dict())
-    return oracle, ours
+    return zoo_pair(CONFIG_DIR / f"{request.param}.py", tmp_path_factory.mktemp("ckpt"))
 
 
 def test_encode_decode(pair) -> None:
-    oracle, ours = pair
-    x = torch.randn(2, 3, 57, 83, generator=torch.Generator().manual_seed(0))
-    expected = oracle_encode_decode(oracle, x)
-    with torch.no_grad():
-        got = ours.encode_decode(x)
-    assert expected.abs().max() > 1e-3
-    assert _max_diff(got, expected) < TOL
+    assert_encode_decode_equal(*pair)
 
 
 def test_slide_inference(pair) -> None:
-    oracle, ours = pair
-    x = torch.randn(2, 3, 71, 97, generator=torch.Generator().manual_seed(1))
-    crop, stride = (48, 56), (27, 31)
-    expected = oracle_inference(oracle, x, mode="slide", crop_size=crop, stride=stride)
-    ours.test_cfg = {"mode": "slide", "crop_size": crop, "stride": stride}
-    try:
-        with torch.no_grad():
-            got = ours.inference(x)
-    finally:
-        ours.test_cfg = {"mode": "whole"}
-    assert _max_diff(got, expected) < TOL
+    assert_slide_equal(*pair, size=(71, 97), crop=(48, 56), stride=(27, 31))
 
 
 def test_loss(pair) -> None:
-    oracle, ours = pair
-    generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 49, 67, generator=generator)
-    labels = torch.randint(0, 19, (2, 49, 67), generator=generator)
-    labels[:, :5] = 255
-    for model in (oracle, ours):
-        model.train()
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout2d):
-                module.p = 0.0
-    try:
-        expected = oracle_loss(oracle, x, labels)
-        got = ours.loss(x, labels)
-    finally:
-        oracle.eval()
-        ours.eval()
-    assert set(got) == set(expected)
+    got = assert_loss_equal(*pair)
     assert {"decode.loss_ce", "aux_0.loss_ce", "aux_1.loss_ce"} <= set(got)
-    for key in expected:
-        assert abs(got[key].item() - expected[key].item()) < TOL, key

@@ -12,18 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from oracle import (
-    build_oracle_model,
-    build_oracle_module,
-    load_oracle_config,
-    oracle_encode_decode,
-    oracle_inference,
-    oracle_loss,
-    randomize_,
-    require_oracle,
-    save_oracle_state_dict,
+    assert_encode_decode_equal,
+    assert_features_equal,
+    assert_loss_equal,
+    assert_slide_equal,
+    backbone_pair,
+    zoo_pair,
 )
 
-import semseg
 from semseg.build import build
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "semseg" / "configs"
@@ -49,43 +45,21 @@ CONFIGS = {
 SIZES = [(45, 59), (13, 17)]
 
 
-def _pair(cfg: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(oracle backbone with random weights and norm statistics, ours holding its state dict), eval mode."""
-    require_oracle()
-    torch.manual_seed(0)
-    oracle = randomize_(build_oracle_module(cfg), seed=1)
-    oracle.eval()  # the oracle's HRNet.train returns None, so no chaining
-    ours = build("backbone", dict(cfg)).eval()
-    theirs = oracle.state_dict()
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
-    ours.load_state_dict(theirs, strict=True)
-    return oracle, ours
-
-
-def _assert_close(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
-    assert len(got) == len(expected)
-    for level, (g, e) in enumerate(zip(got, expected, strict=True)):
-        assert g.shape == e.shape, f"level {level}"
-        assert e.abs().max() > 1e-3
-        assert (g - e).abs().max().item() < TOL, f"level {level}: max diff {(g - e).abs().max().item()}"
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_same_keys_and_features(name: str) -> None:
-    oracle, ours = _pair(CONFIGS[name])
+    oracle, ours = backbone_pair(CONFIGS[name])
     for h, w in SIZES:
         x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
         with torch.no_grad():
             expected, got = oracle(x), ours(x)
-        _assert_close(got, expected)
-        assert [g.shape[1] for g in got] == ours.out_channels
+        assert_features_equal(got, expected, ours.out_channels)
         assert [(-(-h // s), -(-w // s)) for s in ours.out_strides] == [tuple(g.shape[2:]) for g in got]
 
 
 def test_train_mode_features_and_gradients() -> None:
     """Batch statistics in both; the input gradients agree too (with_cp in ours changes nothing)."""
     cfg = CONFIGS["basic"]
-    oracle, ours = _pair(cfg)
+    oracle, ours = backbone_pair(cfg)
     ours_cp = build("backbone", dict(cfg, with_cp=True))
     ours_cp.load_state_dict(ours.state_dict())
     oracle.train()
@@ -97,7 +71,7 @@ def test_train_mode_features_and_gradients() -> None:
         results.append(([f.detach() for f in feats], x.grad))
     (expected, expected_grad), *rest = results
     for got, grad in rest:
-        _assert_close(got, expected)
+        assert_features_equal(got, expected, ours.out_channels)
         assert (grad - expected_grad).abs().max().item() < TOL
 
 
@@ -107,7 +81,7 @@ def _training_norms(model: torch.nn.Module) -> set[str]:
 
 def test_frozen_stages_and_norm_eval_as_the_oracle() -> None:
     cfg = dict(CONFIGS["basic"], frozen_stages=2, norm_eval=False)
-    oracle, ours = _pair(cfg)
+    oracle, ours = backbone_pair(cfg)
     oracle.train()
     ours.train()
     assert {n for n, p in ours.named_parameters() if p.requires_grad} == \
@@ -115,7 +89,7 @@ def test_frozen_stages_and_norm_eval_as_the_oracle() -> None:
     assert _training_norms(ours) == _training_norms(oracle)
     for norm_eval in (False, True):
         cfg = dict(CONFIGS["basic"], frozen_stages=4, norm_eval=norm_eval)
-        oracle, ours = _pair(cfg)
+        oracle, ours = backbone_pair(cfg)
         oracle.train()
         ours.train()
         assert _training_norms(ours) == _training_norms(oracle)
@@ -140,61 +114,18 @@ NAMES = {
 @pytest.fixture(scope="module", params=list(NAMES))
 def pair(request, tmp_path_factory):
     """(oracle model, semseg model) with the same random weights and norm statistics."""
-    require_oracle()
     name = request.param
-    cfg = load_oracle_config(name, "hrnet")
-    cfg.merge_from_dict(NAMES[name])
-    oracle = randomize_(build_oracle_model(cfg.model, seed=1), seed=2)
-    path = save_oracle_state_dict(oracle, tmp_path_factory.mktemp("ckpt") / f"{name}.pth")
-    ours = semseg.init_model(CONFIG_ROOT / "hrnet" / f"{name}.py", checkpoint=path, cfg_options=NAMES[name])
-    assert set(ours.state_dict()) == set(oracle.state_dict())
-    return oracle, ours
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
+    return zoo_pair(CONFIG_ROOT / "hrnet" / f"{name}.py", tmp_path_factory.mktemp("ckpt"), NAMES[name])
 
 
 def test_encode_decode(pair):
-    oracle, ours = pair
-    x = torch.randn(2, 3, 41, 53, generator=torch.Generator().manual_seed(0))
-    expected = oracle_encode_decode(oracle, x)
-    with torch.no_grad():
-        got = ours.encode_decode(x)
-    assert expected.abs().max() > 1e-3
-    assert _max_diff(got, expected) < TOL
+    assert_encode_decode_equal(*pair, size=(41, 53))
 
 
 def test_slide_inference(pair):
-    oracle, ours = pair
-    x = torch.randn(2, 3, 45, 61, generator=torch.Generator().manual_seed(1))
-    crop, stride = (32, 40), (19, 23)  # windows overlap unevenly and do not divide the image
-    expected = oracle_inference(oracle, x, mode="slide", crop_size=crop, stride=stride)
-    saved = ours.test_cfg
-    ours.test_cfg = {"mode": "slide", "crop_size": crop, "stride": stride}
-    try:
-        with torch.no_grad():
-            got = ours.inference(x)
-    finally:
-        ours.test_cfg = saved
-    assert _max_diff(got, expected) < TOL
+    # windows overlap unevenly and do not divide the image
+    assert_slide_equal(*pair, size=(45, 61), crop=(32, 40), stride=(19, 23))
 
 
 def test_loss(pair):
-    oracle, ours = pair
-    generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 37, 51, generator=generator)
-    labels = torch.randint(0, ours.num_classes, (2, 37, 51), generator=generator)
-    labels[:, :5] = 255  # an ignored band
-    oracle.train()
-    ours.train()
-    try:
-        expected = oracle_loss(oracle, x, labels)
-        got = ours.loss(x, labels)
-    finally:
-        oracle.eval()
-        ours.eval()
-    assert set(got) == set(expected)
-    for key in expected:
-        assert abs(got[key].item() - expected[key].item()) < TOL, key
+    assert_loss_equal(*pair, size=(37, 51))

@@ -11,21 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 from oracle import (
-    build_oracle_model,
-    build_oracle_module,
+    assert_encode_decode_equal,
+    assert_features_equal,
+    assert_loss_equal,
+    assert_slide_equal,
+    backbone_pair,
     head_pair,
-    load_oracle_config,
-    oracle_encode_decode,
     oracle_head_loss,
-    oracle_inference,
-    oracle_loss,
-    randomize_,
     require_oracle,
-    save_oracle_state_dict,
+    zoo_pair,
 )
-
-import semseg
-from semseg.build import build
 
 TOL = 1e-4
 BN3 = dict(type="BN", eps=0.001)
@@ -42,26 +37,11 @@ CASES = [("large_zoo", (97, 131)), ("large_zoo", (64, 90)), ("small_zoo", (64, 9
 
 @pytest.mark.parametrize(("name", "size"), CASES, ids=[f"{n}-{h}x{w}" for n, (h, w) in CASES])
 def test_backbone_same_keys_and_features(name: str, size: tuple[int, int]) -> None:
-    require_oracle()
-    cfg = BACKBONES[name]
-    torch.manual_seed(0)
-    oracle = randomize_(build_oracle_module(cfg), seed=1)
-    oracle.eval()
-    ours = build("backbone", cfg).eval()
-    theirs = oracle.state_dict()
-    assert set(ours.state_dict()) == set(theirs)
-    ours.load_state_dict(theirs, strict=True)
-
+    oracle, ours = backbone_pair(BACKBONES[name])
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        expected = oracle(x)
-        got = ours(x)
-    assert len(got) == len(expected) == len(ours.out_channels)
-    for level, (g, e) in enumerate(zip(got, expected, strict=True)):
-        assert g.shape == e.shape, f"level {level}"
-        assert g.shape[1] == ours.out_channels[level]
-        assert e.abs().max() > 1e-2
-        assert (g - e).abs().max().item() < TOL, f"level {level}: max diff {(g - e).abs().max().item()}"
+        expected, got = oracle(x), ours(x)
+    assert_features_equal(got, expected, ours.out_channels, min_abs=1e-2)
 
 
 def _head_cfg(**kwargs) -> dict:
@@ -123,63 +103,22 @@ SIZE = (393, 401)  # the smallest sizes the 49x49 image pool allows are 385 (cei
 @pytest.fixture(scope="module", params=NAMES)
 def pair(request, tmp_path_factory):
     """(oracle model, semseg model) with the same random weights and norm statistics."""
-    require_oracle()
-    name = request.param
-    oracle = randomize_(build_oracle_model(load_oracle_config(name, "mobilenet_v3").model, seed=1), seed=2)
-    path = save_oracle_state_dict(oracle, tmp_path_factory.mktemp("ckpt") / f"{name}.pth")
-    ours = semseg.init_model(name, checkpoint=path)  # strict: raises on any missing/unexpected key
-    assert set(ours.state_dict()) == set(oracle.state_dict())
-    return oracle, ours
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
+    return zoo_pair(request.param, tmp_path_factory.mktemp("ckpt"), method="mobilenet_v3")
 
 
 def test_zoo_encode_decode(pair) -> None:
-    oracle, ours = pair
-    x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(0))
-    expected = oracle_encode_decode(oracle, x)
-    with torch.no_grad():
-        got = ours.encode_decode(x)
-    assert expected.abs().max() > 1e-3
-    assert _max_diff(got, expected) < TOL
+    assert_encode_decode_equal(*pair, size=SIZE)
 
 
 @pytest.mark.parametrize("pair", [SMALL], indirect=True)
 def test_zoo_slide_inference(pair) -> None:
-    oracle, ours = pair
-    x = torch.randn(2, 3, 405, 420, generator=torch.Generator().manual_seed(1))
-    crop, stride = SIZE, (16, 23)  # 2 x 2 windows, the last ones clamped to the border
-    expected = oracle_inference(oracle, x, mode="slide", crop_size=crop, stride=stride)
-    ours.test_cfg = {"mode": "slide", "crop_size": crop, "stride": stride}
-    with torch.no_grad():
-        got = ours.inference(x)
-    assert _max_diff(got, expected) < TOL
+    # 2 x 2 windows, the last ones clamped to the border
+    assert_slide_equal(*pair, size=(405, 420), crop=SIZE, stride=(16, 23))
 
 
 @pytest.mark.parametrize("pair", [SMALL], indirect=True)
 def test_zoo_loss(pair) -> None:
-    oracle, ours = pair
-    generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, *SIZE, generator=generator)
-    labels = torch.randint(0, ours.num_classes, (2, *SIZE), generator=generator)
-    labels[:, :9] = 255  # an ignored band
-    for model in (oracle, ours):
-        model.train()
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout2d | torch.nn.Dropout):
-                module.p = 0.0
-    try:
-        expected = oracle_loss(oracle, x, labels)
-        got = ours.loss(x, labels)
-    finally:
-        oracle.eval()
-        ours.eval()
-    assert set(got) == set(expected)
-    for key in expected:
-        assert abs(got[key].item() - expected[key].item()) < TOL, key
+    assert_loss_equal(*pair, size=SIZE, ignore_rows=9)
 
 
 @pytest.mark.parametrize("pair", [SMALL], indirect=True)

@@ -4,18 +4,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from oracle import (
-    build_oracle_model,
-    load_oracle_config,
-    oracle_encode_decode,
-    oracle_inference,
-    oracle_loss,
-    randomize_,
-    save_oracle_state_dict,
+    assert_encode_decode_equal,
+    assert_loss_equal,
+    assert_slide_equal,
+    zoo_pair,
 )
-
-import semseg
 
 # Every head, every backbone variant (V1b "r50b", V1c, D8/D16, multi-grid, R-18/50/101), both Cityscapes
 # crops (769x769 configs use align_corners=True), and each dataset's class count.
@@ -46,68 +40,22 @@ NAMES = [
     "ann_r50-d8_4xb4-40k_voc12aug-512x512",
 ]
 
-TOL = 1e-4
-
-
-def _set_dropout_off(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout2d | torch.nn.Dropout):
-            module.p = 0.0
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def pair(request, tmp_path_factory):
     """(oracle model, semseg model) with the same random weights and norm statistics."""
-    name = request.param
-    oracle = randomize_(build_oracle_model(load_oracle_config(name).model, seed=1), seed=2)
-    path = save_oracle_state_dict(oracle, tmp_path_factory.mktemp("ckpt") / f"{name}.pth")
-    ours = semseg.init_model(name, checkpoint=path)  # strict: raises on any missing/unexpected key
-    assert set(ours.state_dict()) == set(oracle.state_dict())
-    return name, oracle, ours
+    return zoo_pair(request.param, tmp_path_factory.mktemp("ckpt"))
 
 
 def test_encode_decode(pair):
-    _, oracle, ours = pair
-    x = torch.randn(2, 3, 57, 83, generator=torch.Generator().manual_seed(0))
-    expected = oracle_encode_decode(oracle, x)
-    with torch.no_grad():
-        got = ours.encode_decode(x)
-    assert expected.abs().max() > 1e-3  # a trivial all-zero output would compare equal
-    assert _max_diff(got, expected) < TOL
+    assert_encode_decode_equal(*pair)
 
 
 def test_slide_inference(pair):
-    _, oracle, ours = pair
-    x = torch.randn(2, 3, 71, 97, generator=torch.Generator().manual_seed(1))
-    crop, stride = (48, 56), (27, 31)  # windows overlap unevenly and do not divide the image
-    expected = oracle_inference(oracle, x, mode="slide", crop_size=crop, stride=stride)
-    ours.test_cfg = {"mode": "slide", "crop_size": crop, "stride": stride}
-    with torch.no_grad():
-        got = ours.inference(x)
-    assert _max_diff(got, expected) < TOL
+    # windows overlap unevenly and do not divide the image
+    assert_slide_equal(*pair, size=(71, 97), crop=(48, 56), stride=(27, 31))
 
 
 def test_loss(pair):
-    _, oracle, ours = pair
-    generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 49, 67, generator=generator)
-    num_classes = ours.num_classes
-    labels = torch.randint(0, num_classes, (2, 49, 67), generator=generator)
-    labels[:, :5] = 255  # an ignored band
-    for model in (oracle, ours):
-        model.train()
-        _set_dropout_off(model)
-    try:
-        expected = oracle_loss(oracle, x, labels)
-        got = ours.loss(x, labels)
-    finally:
-        oracle.eval()
-        ours.eval()
-    assert set(got) == set(expected)
-    for key in expected:
-        assert abs(got[key].item() - expected[key].item()) < TOL, key
+    assert_loss_equal(*pair)

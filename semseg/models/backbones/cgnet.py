@@ -15,6 +15,7 @@ import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from semseg.models.backbones.base import FreezableBackbone, check_pretrained, init_conv_norm
 from semseg.nn.conv_module import ConvModule, build_conv
 from semseg.nn.norm import build_norm
 
@@ -115,7 +116,7 @@ class InputInjection(nn.Module):
         return x
 
 
-class CGNet(nn.Module):
+class CGNet(FreezableBackbone):
     """CGNet backbone: three outputs at strides 2, 4 and 8.
 
     Args:
@@ -157,10 +158,7 @@ class CGNet(nn.Module):
                 raise ValueError(f"{name} needs {length} entries, got {tuple(value)}")
         if min(num_blocks) < 1:
             raise ValueError(f"each stage needs at least one CG block, got num_blocks={tuple(num_blocks)}")
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError("set either pretrained or init_cfg, not both")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
+        check_pretrained(pretrained, init_cfg)
         self.pretrained = pretrained
         self.init_cfg = init_cfg
         self.norm_eval = norm_eval
@@ -198,25 +196,10 @@ class CGNet(nn.Module):
 
     def _init_weights(self) -> None:
         """Kaiming-normal convs and linears (fan_out), norms at 1 / 0, PReLU slopes at 0 (mmseg's init_cfg)."""
+        init_conv_norm(self, conv_types=(nn.Conv2d, nn.Linear))
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.PReLU):
+            if isinstance(m, nn.PReLU):
                 nn.init.zeros_(m.weight)
-
-    def train(self, mode: bool = True) -> CGNet:
-        """Set train/eval mode, keeping every BatchNorm in eval with ``norm_eval``."""
-        super().train(mode)
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, in_channels, H, W) -> features at 1/2, 1/4, 1/8 with ``out_channels`` channels."""

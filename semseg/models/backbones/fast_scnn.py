@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from semseg.models.backbones.base import init_conv_norm
 from semseg.nn.conv_module import ConvModule
 from semseg.nn.depthwise_separable import DepthwiseSeparableConvModule
 from semseg.nn.inverted_residual import InvertedResidual
@@ -205,18 +206,7 @@ class FastSCNN(nn.Module):
         all_strides = [8, lower_stride, 8]
         self.out_channels = [all_channels[i] for i in out_indices]
         self.out_strides = [all_strides[i] for i in out_indices]
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming-normal convs (fan_out), norms at 1 / 0 (mmseg's default init_cfg)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_norm(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, in_channels, H, W) -> the features at ``out_indices`` of [high (1/8), low (1/32), fusion (1/8)]."""

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from semseg.models.backbones.resnet import BasicBlock, Bottleneck, _ResBlock
+from semseg.models.backbones.base import FreezableBackbone, check_pretrained
+from semseg.models.backbones.resnet import BasicBlock, Bottleneck, _ResBlock, init_res_backbone
 from semseg.nn import add_norms, build_conv, build_norm, resize
 
 BLOCKS: dict[str, type[_ResBlock]] = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}
@@ -169,7 +170,7 @@ def _check_extra(extra: dict) -> None:
             raise ValueError(f"extra.stage{i + 1} has fewer branches than stage{i}")
 
 
-class HRNet(nn.Module):
+class HRNet(FreezableBackbone):
     """HRNet backbone; returns the stage-4 branches (strides 4, 8, 16, 32 for four branches).
 
     Args (the config's keys, MMSegmentation's names and defaults):
@@ -211,10 +212,7 @@ class HRNet(nn.Module):
         _check_extra(extra)
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be -1 (none) to 4, got {frozen_stages}")
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError("set either pretrained or init_cfg, not both")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
+        check_pretrained(pretrained, init_cfg)
         self.extra = extra
         self.pretrained = pretrained
         self.init_cfg = init_cfg
@@ -239,7 +237,7 @@ class HRNet(nn.Module):
         self.out_channels = channels
         self.out_strides = [4 * 2**i for i in range(len(channels))]
 
-        self._init_weights(zero_init_residual)
+        init_res_backbone(self, zero_init_residual)
         self._freeze_stages()
 
     def _make_stage(self, cfg: dict, pre_channels: list[int],
@@ -257,21 +255,6 @@ class HRNet(nn.Module):
         ]
         return transition, nn.Sequential(*modules), modules[-1].out_channels
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        """Kaiming-normal convs (fan_out, ReLU), norms at weight 1 bias 0; optionally zero each block's last norm."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, _ResBlock):
-                    last = m.norm(len(m.norm_names))
-                    nn.init.zeros_(last.weight)
-                    nn.init.zeros_(last.bias)
-
     def _frozen_modules(self) -> list[nn.Module]:
         """The stem, then ``layer1`` + ``transition1``, ``stage2`` + ``transition2``, ``stage3`` +
         ``transition3``, ``stage4``, up to ``frozen_stages``."""
@@ -281,22 +264,6 @@ class HRNet(nn.Module):
         stages = [[self.layer1, self.transition1], [self.stage2, self.transition2],
                   [self.stage3, self.transition3], [self.stage4]]
         return stem + [m for stage in stages[:self.frozen_stages] for m in stage]
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for param in m.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> HRNet:
-        """Set train/eval mode, keeping frozen stages (and, with ``norm_eval``, every BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     @staticmethod
     def _enter(transition: nn.ModuleList, ys: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from semseg.models.backbones.base import FreezableBackbone, check_pretrained, init_conv_norm
 from semseg.nn.conv_module import ConvModule
 from semseg.nn.inverted_residual import InvertedResidual
 from semseg.nn.make_divisible import make_divisible
@@ -21,7 +22,7 @@ from semseg.nn.make_divisible import make_divisible
 ARCH_SETTINGS = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FreezableBackbone):
     """MobileNetV2; returns the outputs of the layers in ``out_indices`` (0 is ``layer1``).
 
     Args (the config's keys, MMSegmentation's names and defaults):
@@ -66,10 +67,7 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"out_indices {out_indices} must pick layers among 0..{num_layers - 1}")
         if frozen_stages not in range(-1, num_layers):
             raise ValueError(f"frozen_stages must be in -1..{num_layers - 1}, got {frozen_stages}")
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError("set either pretrained or init_cfg, not both")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
+        check_pretrained(pretrained, init_cfg)
         self.pretrained, self.init_cfg = pretrained, init_cfg
         self.widen_factor = widen_factor
         self.strides, self.dilations = tuple(strides), tuple(dilations)
@@ -100,39 +98,19 @@ class MobileNetV2(nn.Module):
         self.out_channels = [all_channels[i] for i in out_indices]
         self.out_strides = [all_strides[i] for i in out_indices]
 
-        self._init_weights()
+        init_conv_norm(self)
         self._freeze_stages()
 
-    def _init_weights(self) -> None:
-        """Kaiming-normal convs (fan_out, ReLU), norms at weight 1 bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+    def _frozen_modules(self) -> list[nn.Module]:
+        """``layer1`` .. ``layer{frozen_stages}``."""
+        return [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
 
     def _freeze_stages(self) -> None:
+        super()._freeze_stages()
         if self.frozen_stages >= 0:
+            # As in MMSegmentation, the stem's parameters are frozen but its norm stays in train mode.
             for param in self.conv1.parameters():
                 param.requires_grad = False
-        for i in range(1, self.frozen_stages + 1):
-            layer = getattr(self, f"layer{i}")
-            layer.eval()
-            for param in layer.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> MobileNetV2:
-        """Set train/eval mode, keeping frozen layers (and, with ``norm_eval``, every BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, H, W) -> one (N, out_channels[k], H / out_strides[k], W / out_strides[k]) per k (rounded up).

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from semseg.models.backbones.base import FreezableBackbone, check_pretrained, init_conv_norm
 from semseg.nn.conv_module import ConvModule
 from semseg.nn.inverted_residual import InvertedResidualV3, pad_same
 
@@ -56,7 +57,7 @@ REDUCED_FROM = {"small": 8, "large": 12}
 MAX_STRIDE = 8  # segmentation version: output stride 8, dilation beyond
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(FreezableBackbone):
     """MobileNetV3 small or large; returns the outputs of the layers in ``out_indices`` (0 is ``layer0``).
 
     Args (the config's keys, MMSegmentation's names and defaults):
@@ -102,10 +103,7 @@ class MobileNetV3(nn.Module):
         if frozen_stages not in range(-1, num_layers):
             raise ValueError(f"frozen_stages must be in -1..{num_layers - 1} for arch {arch!r}, "
                              f"got {frozen_stages}")
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError("set either pretrained or init_cfg, not both")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
+        check_pretrained(pretrained, init_cfg)
         self.pretrained, self.init_cfg = pretrained, init_cfg
         self.arch = arch
         self.out_indices = out_indices
@@ -154,36 +152,12 @@ class MobileNetV3(nn.Module):
         self.out_channels = [all_channels[i] for i in out_indices]
         self.out_strides = [all_strides[i] for i in out_indices]
 
-        self._init_weights()
+        init_conv_norm(self)
         self._freeze_stages()
 
-    def _init_weights(self) -> None:
-        """Kaiming-normal convs (fan_out, ReLU), norms at weight 1 bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def _freeze_stages(self) -> None:
-        for name in self.layers[:self.frozen_stages + 1]:
-            layer = getattr(self, name)
-            layer.eval()
-            for param in layer.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> MobileNetV3:
-        """Set train/eval mode, keeping frozen layers (and, with ``norm_eval``, every BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+    def _frozen_modules(self) -> list[nn.Module]:
+        """``layer0`` .. ``layer{frozen_stages}`` (nothing when ``frozen_stages < 0``)."""
+        return [getattr(self, name) for name in self.layers[:self.frozen_stages + 1]]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, H, W) -> one (N, out_channels[k], H / out_strides[k], W / out_strides[k]) per k (rounded up)."""

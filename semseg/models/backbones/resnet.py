@@ -15,6 +15,7 @@ import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from semseg.models.backbones.base import FreezableBackbone, check_pretrained, init_conv_norm
 from semseg.nn import add_norms, build_conv, build_norm
 
 
@@ -143,6 +144,18 @@ def _block_dilations(num_blocks: int, dilation: int, multi_grid: Sequence[int] |
     return [first] + [dilation] * (num_blocks - 1)
 
 
+def init_res_backbone(module: nn.Module, zero_init_residual: bool) -> None:
+    """Kaiming-normal convs (fan_out, ReLU), norms at weight 1 bias 0; with ``zero_init_residual`` also zero
+    the last norm of each residual block that allows it (``zero_init_last``), so it starts as the identity."""
+    init_conv_norm(module)
+    if zero_init_residual:
+        for m in module.modules():
+            if isinstance(m, _ResBlock) and m.zero_init_last:
+                last = m.last_norm()
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+
+
 def _downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool, conv_cfg: dict | None,
                 norm_cfg: dict) -> nn.Sequential:
     """Shortcut projection: 1x1 conv + norm, or (V1d) avg-pool + stride-1 1x1 conv + norm."""
@@ -156,7 +169,7 @@ def _downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool, conv
     )
 
 
-class ResNet(nn.Module):
+class ResNet(FreezableBackbone):
     """ResNet backbone (V1b: 7x7 stem conv); returns the features of the stages in ``out_indices``.
 
     Args (the config's keys, MMSegmentation's names and defaults):
@@ -230,10 +243,7 @@ class ResNet(nn.Module):
             raise ValueError(f"out_indices {out_indices} must pick stages among 0..{num_stages - 1}")
         if style not in ("pytorch", "caffe"):
             raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError("set either pretrained or init_cfg, not both")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
+        check_pretrained(pretrained, init_cfg)
 
         self.depth = depth
         self.base_channels = base_channels
@@ -265,7 +275,7 @@ class ResNet(nn.Module):
         self.out_channels = [all_channels[i] for i in out_indices]
         self.out_strides = [all_strides[i] for i in out_indices]
 
-        self._init_weights(zero_init_residual)
+        init_res_backbone(self, zero_init_residual)
         self._freeze_stages()
 
     def _make_stem(self, in_channels: int, stem_channels: int, conv_cfg: dict | None, norm_cfg: dict) -> None:
@@ -308,23 +318,6 @@ class ResNet(nn.Module):
                          **block_kwargs) for dilation in dilations[1:]]
         return nn.Sequential(*blocks)
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        """Kaiming-normal convs (fan_out, ReLU), norms at weight 1 bias 0; optionally zero each block's last norm."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, _ResBlock) and m.zero_init_last:
-                    last = m.last_norm()
-                    nn.init.zeros_(last.weight)
-                    nn.init.zeros_(last.bias)
-
     def _stem_norm(self) -> nn.Module:
         """V1b's stem norm, ``bn1`` (``gn1`` for GN)."""
         return getattr(self, self.stem_norm_name)
@@ -335,22 +328,6 @@ class ResNet(nn.Module):
             return []
         stem = [self.stem] if self.deep_stem else [self.conv1, self._stem_norm()]
         return stem + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for param in m.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> ResNet:
-        """Set train/eval mode, keeping frozen stages (and, with ``norm_eval``, every BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, in_channels, H, W) -> one (N, out_channels[k], H / out_strides[k], W / out_strides[k]) per k."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Self
-
 from torch import nn
 
 
@@ -47,7 +45,7 @@ class FreezableBackbone(nn.Module):
             for param in m.parameters():
                 param.requires_grad = False
 
-    def train(self, mode: bool = True) -> Self:
+    def train(self, mode: bool = True) -> FreezableBackbone:
         """Set train/eval mode, keeping frozen stages (and, with ``norm_eval``, every BatchNorm) in eval."""
         super().train(mode)
         self._freeze_stages()

@@ -92,7 +92,9 @@ def config_facts(path: Path) -> dict[str, Any]:
     # The first `-HxW` is the training crop; a test-only config adds its test scale after it
     # (`..._cityscapes-512x1024_dark-zurich-1920x1080`).
     named_crop = re.search(r"-(\d+)x(\d+)(?=_|$)", path.stem)
-    if named_crop and [int(named_crop.group(1)), int(named_crop.group(2))] != crop:
+    if named_crop is None:
+        notes.append(f"the name, as MMSegmentation 1.2.2's, has no '-HxW' crop; the config crops {crop[0]}x{crop[1]}")
+    elif [int(named_crop.group(1)), int(named_crop.group(2))] != crop:
         notes.append(f"the name says {named_crop.group(1)}x{named_crop.group(2)} but the config, as "
                      f"MMSegmentation 1.2.2's, crops {crop[0]}x{crop[1]} in training"
                      + (f" and pads batches to {pad[0]}x{pad[1]}" if pad and list(pad) != crop else ""))

@@ -53,6 +53,7 @@ SAMPLERS = {
 
 SEGMENTORS = {
     "EncoderDecoder": "semseg.models.segmentor:EncoderDecoder",
+    "CascadeEncoderDecoder": "semseg.models.cascade:CascadeEncoderDecoder",
 }
 
 DATA_PREPROCESSORS = {

@@ -46,7 +46,7 @@ class EncoderDecoder(nn.Module):
         self.backbone = build("backbone", backbone)
         if neck is not None:
             self.neck = build("neck", neck)
-        self.decode_head = build("head", decode_head)
+        self.decode_head = self.build_decode_head(decode_head)
         if isinstance(auxiliary_head, (list, tuple)):
             self.auxiliary_head = nn.ModuleList(build("head", cfg) for cfg in auxiliary_head)
         elif auxiliary_head is not None:
@@ -61,6 +61,22 @@ class EncoderDecoder(nn.Module):
         self.compile_seconds: float | None = None
         self._compiled_network = None
         self._freeze_weights = False
+        for head in self.heads():
+            head.train_cfg = self.train_cfg
+            head.test_cfg = self.test_cfg
+
+    def build_decode_head(self, cfg: dict) -> nn.Module:
+        return build("head", cfg)
+
+    def heads(self) -> list[nn.Module]:
+        """Every decode and auxiliary head; each sees the segmentor's ``train_cfg`` / ``test_cfg`` dicts as
+        its attributes of those names (PointRend's head samples points by them)."""
+        heads = []
+        for name in ("decode_head", "auxiliary_head"):
+            module = getattr(self, name, None)
+            if module is not None:
+                heads.extend(module if isinstance(module, nn.ModuleList) else [module])
+        return heads
 
     @property
     def with_neck(self) -> bool:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
 import cv2
 import numpy as np
+
+from semseg import __version__
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -219,6 +222,7 @@ def add_inference_speed_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"semseg {__version__} (torch {metadata.version('torch')})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     zoo = commands.add_parser("zoo", help="list zoo models (shell-style PATTERN)")

@@ -236,10 +236,13 @@ def test_cfg_options_set_a_list_of_dicts(files, tmp_path: Path) -> None:
 
 def test_module_entry_point_help_and_error_exit() -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", "semseg.cli", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "semseg", "--help"], capture_output=True, text=True, timeout=60
     )
     assert ok.returncode == 0
     assert all(command in ok.stdout for command in ("train", "test", "predict", "zoo"))
+    version = subprocess.run([sys.executable, "-m", "semseg", "--version"], capture_output=True, text=True,
+                             timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith(f"semseg {semseg.__version__} (torch ")
     bad = subprocess.run(
         [sys.executable, "-m", "semseg.cli", "zoo", "no_such_model*"],
         capture_output=True,

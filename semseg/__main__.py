@@ -1,0 +1,7 @@
+"""``python -m semseg ...`` runs the ``semseg`` command line."""
+
+import sys
+
+from semseg.cli import main
+
+sys.exit(main())

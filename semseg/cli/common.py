@@ -1,0 +1,11 @@
+"""Options several commands share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_inference_speed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="run the network in this precision (fp16 on GPUs only); resize and argmax stay fp32")
+    parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convolutions (inference only)")

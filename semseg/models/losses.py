@@ -1,4 +1,4 @@
-"""Segmentation losses and the pixel accuracy reported beside them.
+"""Segmentation losses (cross entropy, Dice) and the pixel accuracy reported beside them.
 
 Reductions follow MMSegmentation so loss values carry over: ``'mean'`` averages over *all* pixels
 (ignored ones contribute zero) unless ``avg_non_ignore=True``, which averages over non-ignored pixels.
@@ -155,6 +155,116 @@ class CrossEntropyLoss(nn.Module):
         loss_fn = binary_cross_entropy if self.use_sigmoid else cross_entropy
         loss = loss_fn(logits, labels, weight, class_weight=class_weight, reduction=reduction,
                        avg_factor=avg_factor, ignore_index=ignore_index, avg_non_ignore=self.avg_non_ignore)
+        return self.loss_weight * loss
+
+
+def dice_loss(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-3,
+    reduction: str = "mean",
+    naive_dice: bool = False,
+    avg_factor: float | None = None,
+    ignore_index: int | None = 255,
+) -> torch.Tensor:
+    """Dice loss per image, then reduced. probs and targets (N, C, H, W); weight (N,) per image.
+
+    V-Net form ``1 - 2|PT| / (|P|^2 + |T|^2)`` (``eps`` added to each squared sum), or with ``naive_dice``
+    ``1 - (2|PT| + eps) / (|P| + |T| + eps)``; the sums run over all classes and pixels of an image. A class
+    *channel* numbered ``ignore_index`` (if there is one) is left out, as in MMSegmentation.
+    """
+    num_classes = probs.size(1)
+    if ignore_index is not None and 0 <= ignore_index < num_classes:
+        if num_classes == 1:
+            raise ValueError(f"DiceLoss: ignore_index {ignore_index} leaves out the only class channel")
+        keep = torch.arange(num_classes, device=probs.device) != ignore_index
+        probs, targets = probs[:, keep], targets[:, keep]
+    probs, targets = probs.flatten(1), targets.flatten(1).to(probs.dtype)
+    overlap = (probs * targets).sum(1)
+    if naive_dice:
+        dice = (2 * overlap + eps) / (probs.sum(1) + targets.sum(1) + eps)
+    else:
+        dice = 2 * overlap / (((probs * probs).sum(1) + eps) + ((targets * targets).sum(1) + eps))
+    if weight is not None and weight.shape != dice.shape:
+        raise ValueError(f"DiceLoss: weight must hold one value per image {tuple(dice.shape)}, "
+                         f"got {tuple(weight.shape)} (a per-pixel sampler does not apply to it)")
+    return reduce_loss(1 - dice, weight, reduction, avg_factor)
+
+
+class DiceLoss(nn.Module):
+    """Dice loss as configured by ``dict(type='DiceLoss', ...)`` (MMSegmentation 1.2.2's definition).
+
+    Class labels (N, H, W) become one-hot targets (N, C, H, W); a label outside ``0..C-1`` (``255``) gets an
+    all-zero target row, so an ignored pixel adds nothing to the overlap and to ``|T|`` but its predicted
+    probabilities still count in ``|P|`` (MMSegmentation does the same); negative labels count as class 0.
+
+    Args:
+        use_sigmoid: sigmoid per channel (else softmax over channels, none for a single channel).
+        activate: apply that activation (False: the inputs already are probabilities).
+        reduction: ``'mean'``, ``'sum'`` or ``'none'`` over the images of the batch.
+        naive_dice: first powers in the denominator (see :func:`dice_loss`).
+        loss_weight: factor on the final loss.
+        ignore_index: a class *channel* left out of the loss (255 by default: none).
+        eps: smoothing term.
+        loss_name: the key the loss is reported under (``decode.loss_dice``).
+    """
+
+    def __init__(
+        self,
+        use_sigmoid: bool = True,
+        activate: bool = True,
+        reduction: str = "mean",
+        naive_dice: bool = False,
+        loss_weight: float = 1.0,
+        ignore_index: int | None = 255,
+        eps: float = 1e-3,
+        loss_name: str = "loss_dice",
+    ):
+        super().__init__()
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"DiceLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        self.use_sigmoid = use_sigmoid
+        self.activate = activate
+        self.reduction = reduction
+        self.naive_dice = naive_dice
+        self.loss_weight = loss_weight
+        self.ignore_index = ignore_index
+        self.eps = eps
+        self._loss_name = loss_name
+
+    @property
+    def loss_name(self) -> str:
+        return self._loss_name
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        avg_factor: float | None = None,
+        reduction_override: str | None = None,
+        ignore_index: int = 255,
+    ) -> torch.Tensor:
+        """logits (N, C, H, W); labels (N, H, W) long, or targets shaped like logits -> scalar (or (N,)).
+
+        ``ignore_index`` is accepted for the decode head's call and not used: labels outside the classes
+        are ignored by the one-hot encoding and ``self.ignore_index`` names a channel (as in MMSegmentation).
+        """
+        del ignore_index
+        if reduction_override not in (None, "none", "mean", "sum"):
+            raise ValueError(f"DiceLoss: unknown reduction_override {reduction_override!r}")
+        targets = labels
+        if logits.shape != labels.shape:
+            classes = torch.arange(logits.size(1), device=labels.device).view(1, -1, 1, 1)
+            targets = labels.clamp(min=0).unsqueeze(1) == classes  # labels >= C match no class
+        probs = logits
+        if self.activate and self.use_sigmoid:
+            probs = logits.sigmoid()
+        elif self.activate and logits.size(1) > 1:
+            probs = logits.softmax(dim=1)
+        loss = dice_loss(probs, targets, weight, eps=self.eps, reduction=reduction_override or self.reduction,
+                         naive_dice=self.naive_dice, avg_factor=avg_factor, ignore_index=self.ignore_index)
         return self.loss_weight * loss
 
 

@@ -1,0 +1,12 @@
+# As unet_s5-d16_deeplabv3_4xb4-40k_chase-db1-128x128, trained on cross entropy (weight 1) plus Dice loss (weight 3).
+
+_base_ = './unet_s5-d16_deeplabv3_4xb4-40k_chase-db1-128x128.py'
+
+model = dict(
+    decode_head=dict(
+        loss_decode=[
+            dict(type='CrossEntropyLoss', loss_name='loss_ce', loss_weight=1.0),
+            dict(type='DiceLoss', loss_name='loss_dice', loss_weight=3.0),
+        ],
+    ),
+)

@@ -277,8 +277,10 @@ def model_complexity(model: nn.Module, inputs: torch.Tensor) -> Complexity:
     counter.by_module = dict.fromkeys((name for name, _ in children), 0)
     handles = []
     for name, child in children:
-        handles.append(child.register_forward_pre_hook(functools.partial(counter.enter, name)))
-        handles.append(child.register_forward_hook(counter.leave))
+        # a ModuleList (a cascade's decode heads) is never called itself: count its members under its name
+        for member in child if isinstance(child, nn.ModuleList) else [child]:
+            handles.append(member.register_forward_pre_hook(functools.partial(counter.enter, name)))
+            handles.append(member.register_forward_hook(counter.leave))
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:

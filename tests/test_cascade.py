@@ -77,6 +77,8 @@ def test_losses_per_stage_as_mmsegmentation_names_them(cascade) -> None:
 def test_heads_share_the_segmentor_cfgs(cascade) -> None:
     for head in [*cascade.decode_head, cascade.auxiliary_head]:
         assert head.train_cfg is cascade.train_cfg and head.test_cfg is cascade.test_cfg
+    cascade.test_cfg = dict(mode="slide", crop_size=(8, 8), stride=(4, 4))
+    assert all(head.test_cfg is cascade.test_cfg for head in cascade.decode_head)
 
 
 def test_decode_head_must_be_a_list_of_num_stages() -> None:
@@ -85,3 +87,11 @@ def test_decode_head_must_be_a_list_of_num_stages() -> None:
                                 decode_head=[fcn()]))
     with pytest.raises(ValueError, match="got dict"):
         build("segmentor", dict(type="CascadeEncoderDecoder", num_stages=1, backbone=BACKBONE, decode_head=fcn()))
+
+
+def test_flops_count_every_stage_under_decode_head(cascade) -> None:
+    from semseg.flops import model_complexity
+
+    complexity = model_complexity(cascade, torch.randn(1, 3, 32, 32))
+    assert complexity.by_module["decode_head"] > 0
+    assert complexity.by_module["backbone"] + complexity.by_module["decode_head"] == complexity.flops

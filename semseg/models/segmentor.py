@@ -61,9 +61,27 @@ class EncoderDecoder(nn.Module):
         self.compile_seconds: float | None = None
         self._compiled_network = None
         self._freeze_weights = False
+
+    @property
+    def train_cfg(self) -> dict:
+        return self._train_cfg
+
+    @train_cfg.setter
+    def train_cfg(self, cfg: dict) -> None:
+        self._train_cfg = cfg
         for head in self.heads():
-            head.train_cfg = self.train_cfg
-            head.test_cfg = self.test_cfg
+            head.train_cfg = cfg
+
+    @property
+    def test_cfg(self) -> dict:
+        """The inference settings; assigning a new dict hands it to every head as well."""
+        return self._test_cfg
+
+    @test_cfg.setter
+    def test_cfg(self, cfg: dict) -> None:
+        self._test_cfg = cfg
+        for head in self.heads():
+            head.test_cfg = cfg
 
     def build_decode_head(self, cfg: dict) -> nn.Module:
         return build("head", cfg)

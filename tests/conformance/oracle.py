@@ -493,7 +493,7 @@ def assert_slide_equal(oracle: nn.Module, ours: nn.Module, size: tuple[int, int]
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     expected = oracle_inference(oracle, x, mode="slide", crop_size=crop, stride=stride)
     saved = ours.test_cfg
-    ours.test_cfg = {"mode": "slide", "crop_size": crop, "stride": stride}
+    ours.test_cfg = {**saved, "mode": "slide", "crop_size": crop, "stride": stride}
     try:
         with torch.no_grad():
             got = ours.inference(x)

@@ -111,8 +111,8 @@ def test_config_errors():
                                         paramwise_cfg=dict(custom_keys={"head": dict(decay_mult=0.0)})))
     with pytest.raises(KeyError, match="norm_decay"):
         build_optim_wrapper(model, dict(optimizer=SGD, paramwise_cfg=dict(norm_decay=0.0)))
-    with pytest.raises(NotImplementedError, match="LearningRateDecay"):
-        build_optim_wrapper(model, dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor"))
+    with pytest.raises(NotImplementedError, match="'MyConstructor' is not supported"):
+        build_optim_wrapper(model, dict(optimizer=SGD, constructor="MyConstructor"))
 
 
 def linear_problem(seed: int = 0):

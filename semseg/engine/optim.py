@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from semseg.build import accepted_arguments, build, lookup
+from semseg.engine.layer_decay import LAYER_DECAY_CONSTRUCTORS, layer_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +267,29 @@ class OptimWrapper:
             group.update(kept)
 
 
+def float16_problem(device_type: str) -> str | None:
+    """Why float16 autocast with a gradient scaler cannot run on ``device_type`` with this torch, or None.
+
+    ``torch.amp.GradScaler`` came with torch 2.3 (for CPUs too); CPU autocast casts to float16 from torch
+    2.2 (before, it warns and runs float32). A tiny matmul under autocast tells whether the cast happens.
+    """
+    if getattr(torch.amp, "GradScaler", None) is None:
+        return f"torch {torch.__version__} has no torch.amp.GradScaler (torch >= 2.3 has)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns, then disables, where a device lacks either
+        try:
+            if not torch.amp.GradScaler(device_type).is_enabled():
+                return f"torch {torch.__version__} has no gradient scaler for {device_type!r} on this machine"
+            with torch.autocast(device_type=device_type, dtype=torch.float16):
+                ones = torch.ones(1, 1, device=device_type)
+                cast = (ones @ ones).dtype == torch.float16
+        except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for a missing backend
+            return f"{type(error).__name__}: {error}"
+    if not cast:
+        return f"torch {torch.__version__} does not autocast to float16 on {device_type!r}"
+    return None
+
+
 class AmpOptimWrapper(OptimWrapper):
     """Mixed precision: ``optim_context`` runs the forward under ``torch.autocast``.
 
@@ -274,6 +299,8 @@ class AmpOptimWrapper(OptimWrapper):
         dtype: ``'float16'`` or ``'bfloat16'``; None picks float16 on GPUs and bfloat16 on CPUs (mmengine's
             autocast defaults). bfloat16 has float32's range, so it runs without a loss scaler (mmengine
             keeps one; unscaled steps differ from its only in rounding) and ``loss_scale`` is unused.
+            float16 runs with a ``torch.amp.GradScaler`` on GPUs and, with torch >= 2.3, on CPUs; where
+            torch has no float16 autocast or scaler for the device, a RuntimeError says so and names the fix.
         **kwargs: ``OptimWrapper``'s (accumulative_counts, clip_grad).
     """
 
@@ -285,6 +312,9 @@ class AmpOptimWrapper(OptimWrapper):
         self.device_type = params[0].device.type if params else "cpu"
         if dtype is None:
             dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
+            if dtype == torch.bfloat16:
+                log.info("AmpOptimWrapper on %s: bfloat16 autocast without a loss scaler (loss_scale unused); set "
+                         "optim_wrapper.dtype='float16' for float16 with a gradient scaler", self.device_type)
         if isinstance(dtype, str):
             if dtype not in ("float16", "bfloat16"):
                 raise ValueError(f"AmpOptimWrapper dtype must be 'float16' or 'bfloat16', got {dtype!r}")
@@ -292,16 +322,23 @@ class AmpOptimWrapper(OptimWrapper):
         self.cast_dtype = dtype
         self.fixed_scale = None
         self.loss_scaler = None
-        if dtype == torch.float16:
-            if loss_scale == "dynamic":
-                self.loss_scaler = torch.amp.GradScaler(self.device_type)
-            elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
-                self.fixed_scale = float(loss_scale)
-                self.loss_scaler = torch.amp.GradScaler(self.device_type, init_scale=self.fixed_scale)
-            elif isinstance(loss_scale, dict):
-                self.loss_scaler = torch.amp.GradScaler(self.device_type, **loss_scale)
-            else:
-                raise TypeError(f"loss_scale must be 'dynamic', a number or a dict, got {loss_scale!r}")
+        if dtype != torch.float16:
+            return
+        if loss_scale == "dynamic":
+            scaler_kwargs = {}
+        elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
+            self.fixed_scale = float(loss_scale)
+            scaler_kwargs = {"init_scale": self.fixed_scale}
+        elif isinstance(loss_scale, dict):
+            scaler_kwargs = dict(loss_scale)
+        else:
+            raise TypeError(f"loss_scale must be 'dynamic', a number or a dict, got {loss_scale!r}")
+        problem = float16_problem(self.device_type)
+        if problem is not None:
+            raise RuntimeError(f"float16 mixed precision cannot train on {self.device_type!r} here: {problem}. "
+                               "Set optim_wrapper.dtype='bfloat16' (float32's range: it needs no loss scaling) "
+                               "or train on a device with float16 autocast and a gradient scaler (a CUDA GPU)")
+        self.loss_scaler = torch.amp.GradScaler(self.device_type, **scaler_kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.loss_scaler is not None:
@@ -365,17 +402,20 @@ def build_optim_wrapper(model: nn.Module, optim_wrapper_cfg: dict, fused_optimiz
     """
     cfg = copy.deepcopy(dict(optim_wrapper_cfg))
     constructor = cfg.pop("constructor", "DefaultOptimWrapperConstructor")
-    if constructor != "DefaultOptimWrapperConstructor":
-        raise NotImplementedError(f"optim_wrapper constructor {constructor!r} is not supported "
-                                  "(only the default one, with paramwise_cfg)")
+    if constructor not in ("DefaultOptimWrapperConstructor", *LAYER_DECAY_CONSTRUCTORS):
+        raise NotImplementedError(f"optim_wrapper constructor {constructor!r} is not supported (the default "
+                                  f"one, with paramwise_cfg, and {', '.join(LAYER_DECAY_CONSTRUCTORS)})")
     if "optimizer" not in cfg:
         raise KeyError("optim_wrapper needs an 'optimizer' dict, e.g. dict(type='SGD', lr=0.01)")
     optimizer_cfg = cfg.pop("optimizer")
     paramwise_cfg = cfg.pop("paramwise_cfg", None) or {}
     wrapper_type = cfg.pop("type", "OptimWrapper")
     model = getattr(model, "module", model)
-    if paramwise_cfg:
-        params: Any = paramwise_groups(model, optimizer_cfg.get("lr"), optimizer_cfg.get("weight_decay"),
+    if constructor in LAYER_DECAY_CONSTRUCTORS:
+        params: Any = layer_decay_groups(model, optimizer_cfg.get("lr"), optimizer_cfg.get("weight_decay"),
+                                         paramwise_cfg, constructor)
+    elif paramwise_cfg:
+        params = paramwise_groups(model, optimizer_cfg.get("lr"), optimizer_cfg.get("weight_decay"),
                                        paramwise_cfg)
     else:
         params = model.parameters()

@@ -21,9 +21,17 @@ BACKBONES = {
     "MobileNetV3": "semseg.models.backbones.mobilenet_v3:MobileNetV3",
     "CGNet": "semseg.models.backbones.cgnet:CGNet",
     "FastSCNN": "semseg.models.backbones.fast_scnn:FastSCNN",
+    "BiSeNetV2": "semseg.models.backbones.bisenetv2:BiSeNetV2",
+    "UNet": "semseg.models.backbones.unet:UNet",
+    "VisionTransformer": "semseg.models.backbones.vit:VisionTransformer",
+    "SwinTransformer": "semseg.models.backbones.swin:SwinTransformer",
 }
 
-NECKS: dict[str, str] = {}
+NECKS = {
+    "FPN": "semseg.models.necks.fpn:FPN",
+    "MultiLevelNeck": "semseg.models.necks.multilevel:MultiLevelNeck",
+    "MLANeck": "semseg.models.necks.mla:MLANeck",
+}
 
 HEADS = {
     "FCNHead": "semseg.models.heads.fcn:FCNHead",
@@ -41,10 +49,19 @@ HEADS = {
     "ANNHead": "semseg.models.heads.ann:ANNHead",
     "LRASPPHead": "semseg.models.heads.lraspp:LRASPPHead",
     "DepthwiseSeparableFCNHead": "semseg.models.heads.sep_fcn:DepthwiseSeparableFCNHead",
+    "FPNHead": "semseg.models.heads.fpn:FPNHead",
+    "PointHead": "semseg.models.heads.point:PointHead",
+    "EncHead": "semseg.models.heads.enc:EncHead",
+    "APCHead": "semseg.models.heads.apc:APCHead",
+    "DMHead": "semseg.models.heads.dm:DMHead",
+    "OCRHead": "semseg.models.heads.ocr:OCRHead",
+    "SETRUPHead": "semseg.models.heads.setr_up:SETRUPHead",
+    "SETRMLAHead": "semseg.models.heads.setr_mla:SETRMLAHead",
 }
 
 LOSSES = {
     "CrossEntropyLoss": "semseg.models.losses:CrossEntropyLoss",
+    "DiceLoss": "semseg.models.losses:DiceLoss",
 }
 
 SAMPLERS = {

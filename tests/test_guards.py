@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semseg.build import BACKBONES, HEADS, TABLES, build, lookup
+from semseg.build import BACKBONES, HEADS, LOSSES, NECKS, SEGMENTORS, TABLES, build, lookup
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -48,6 +48,12 @@ SMALL_BACKBONES = {
     "CGNet": dict(num_channels=(8, 16, 32), num_blocks=(2, 3), dilations=(2, 4), reductions=(4, 8)),
     "FastSCNN": dict(downsample_dw_channels=(8, 12), global_in_channels=16, global_block_channels=(16, 24, 32),
                      global_out_channels=32, higher_in_channels=16, lower_in_channels=32, fusion_out_channels=16),
+    "BiSeNetV2": dict(detail_channels=(8, 8, 16), semantic_channels=(4, 8, 12, 16), semantic_expansion_ratio=2,
+                      bga_channels=16),
+    "SwinTransformer": dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7),
+    "UNet": dict(base_channels=4),
+    "VisionTransformer": dict(img_size=(64, 96), patch_size=16, embed_dims=16, num_layers=2, num_heads=2,
+                              out_indices=(0, 1)),
 }
 
 
@@ -84,8 +90,8 @@ def files_naming(type_name: str, conformance: bool) -> list[str]:
     return [p.name for p in files if p.name != Path(__file__).name and type_name in names_used(p)]
 
 
-@pytest.mark.parametrize("type_name", sorted({**HEADS, **BACKBONES}))
-def test_every_head_and_backbone_has_unit_and_conformance_cases(type_name: str) -> None:
+@pytest.mark.parametrize("type_name", sorted({**HEADS, **BACKBONES, **NECKS, **LOSSES, **SEGMENTORS}))
+def test_every_model_part_has_unit_and_conformance_cases(type_name: str) -> None:
     assert files_naming(type_name, conformance=False), f"no unit test under tests/ builds {type_name!r}"
     assert files_naming(type_name, conformance=True), f"no conformance test compares {type_name!r} with the oracle"
 

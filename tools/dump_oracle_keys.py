@@ -22,6 +22,7 @@ import gzip
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -43,8 +44,13 @@ def key_shapes(model_cfg: dict) -> dict[str, list[int]]:
     from mmengine.config import ConfigDict
     from mmseg.registry import MODELS
 
+    linspace = torch.linspace
+
+    def cpu_linspace(*args, **kwargs):  # the transformers read drop-path rates with .item()
+        return linspace(*args, **{**kwargs, "device": "cpu"})
+
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), mock.patch("torch.linspace", cpu_linspace):
             model = MODELS.build(ConfigDict(model_cfg))
     except Exception:  # some modules compute values on tensors while building: use the CPU then
         model = MODELS.build(ConfigDict(model_cfg))

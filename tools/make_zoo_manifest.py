@@ -37,6 +37,18 @@ SIBLING_WEIGHTS = {
     "deeplabv3plus_r101-d8_512x512_80k_ade20k": "deeplabv3plus_r101-d8_4xb4-80k_ade20k-512x512",
     "deeplabv3plus_r101-d8_480x480_40k_pascal_context": "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-480x480",
     "deeplabv3plus_r101-d8_480x480_80k_pascal_context": "deeplabv3plus_r101-d8_4xb4-80k_pascal-context-480x480",
+    "ocrnet_hr18s_512x512_160k_ade20k": "ocrnet_hr18s_4xb4-160k_ade20k-512x512",
+    "ocrnet_hr18_512x512_160k_ade20k": "ocrnet_hr18_4xb4-160k_ade20k-512x512",
+}
+# Dataset types -> the manifest's dataset names, for facts whose dataset field is not a dataset.
+DATASET_NAMES = {"CityscapesDataset": "Cityscapes"}
+# Configs that, as MMSegmentation 1.2.2's, do not build what their name says (semseg's resolve to the same
+# dicts): a note for the user.
+CONFIG_NOTES = {
+    "fpn_r101_4xb4-160k_ade20k-512x512": "MMSegmentation 1.2.2's config assigns `model` twice, and the second "
+    "assignment drops depth=101: it builds a ResNet-50, so the published R-101 weights do not load strictly",
+    "bisenetv2_fcn_4xb4-ohem-160k_cityscapes-1024x1024": "MMSegmentation 1.2.2's config puts its OHEM heads "
+    "under `models` (a typo), so the model trains without OHEM sampling, like the plain config",
 }
 # Misspelt hosts in the metafile's weights URLs -> the real host.
 HOST_FIXES = {"download.oz1z1penmmlab.com": "download.openmmlab.com"}
@@ -98,7 +110,8 @@ def config_facts(path: Path) -> dict[str, Any]:
         notes.append(f"the name says {named_crop.group(1)}x{named_crop.group(2)} but the config, as "
                      f"MMSegmentation 1.2.2's, crops {crop[0]}x{crop[1]} in training"
                      + (f" and pads batches to {pad[0]}x{pad[1]}" if pad and list(pad) != crop else ""))
-    return {"crop_size": crop, "iters": iters, "notes": notes}
+    dataset = DATASET_NAMES.get(cfg.get("train_dataloader", {}).get("dataset", {}).get("type"))
+    return {"crop_size": crop, "iters": iters, "notes": notes, "config_dataset": dataset}
 
 
 def _entry(fact: dict, notes: list[str], config: str) -> dict[str, Any]:
@@ -140,6 +153,7 @@ def retest_entry(path: Path, parent: dict[str, Any], config_root: Path) -> dict[
         raise KeyError(f"{path}: test-only config on {test_type}, which TEST_DATASETS does not name")
     parent_name = Path(parent["config"]).stem
     from_config = config_facts(path)
+    from_config.pop("config_dataset")
     notes = [f"evaluates the weights of {parent_name} (trained on {parent['dataset']}); MMSegmentation "
              "publishes no separate result"] + from_config.pop("notes")
     return {**parent, "config": f"{parent['method']}/{path.stem}.py", "dataset": TEST_DATASETS[test_type],
@@ -170,6 +184,8 @@ def build(facts: list[dict], config_root: Path = CONFIG_ROOT) -> dict[str, dict]
         if not (config_root / config).is_file():
             continue
         notes = [template["note"]] if template.get("note") else []
+        if name in CONFIG_NOTES:
+            notes.append(CONFIG_NOTES[name])
         if fact is None:  # only a sibling's weights are published under this name
             fact = {**template, "weights": None, "metrics": {}, "memory_gb": None,
                     "architecture": OWN_ARCHITECTURE.get(name, template["architecture"])}
@@ -181,6 +197,11 @@ def build(facts: list[dict], config_root: Path = CONFIG_ROOT) -> dict[str, dict]
             notes.append(f"MMSegmentation's metafile also lists {other['weights']} under this name; "
                          f"those weights belong to {SIBLING_WEIGHTS[weights_folder(other['weights'])]}")
         from_config = config_facts(config_root / config)
+        config_dataset = from_config.pop("config_dataset")
+        if fact["dataset"].startswith("#") and config_dataset:  # a README heading read as the dataset
+            notes.append(f"the metafile's dataset field reads {fact['dataset']!r}; the config trains on "
+                         f"{config_dataset}")
+            fact = {**fact, "dataset": config_dataset}
         entry = _entry(fact, notes + from_config.pop("notes"), config)
         entry.update(from_config)
         manifest[name] = {key: entry[key] for key in (

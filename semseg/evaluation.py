@@ -226,3 +226,59 @@ def format_table(per_class: dict[str, dict[str, float]]) -> str:
             lines.append(rule)
     lines.append(rule)
     return "\n".join(lines)
+
+
+def confusion_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """Pixel counts of one image, int64 (C, C): entry [i, j] counts pixels labelled i and predicted j.
+
+    Pixels are left out as in :func:`intersect_and_union`: those labelled ``ignore_index``, and those whose
+    label or prediction is outside ``[0, num_classes)``. The diagonal is IoUMetric's per-class intersection
+    and the row sums its label areas; the column sums are its predicted areas when every label is a class
+    or ``ignore_index`` (IoUMetric also counts the predictions at pixels labelled outside the classes).
+    """
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(label.shape)}")
+    pred = pred.reshape(-1).long()
+    label = label.reshape(-1).to(pred.device).long()
+    keep = (label != ignore_index) & (label >= 0) & (label < num_classes) & (pred >= 0) & (pred < num_classes)
+    pairs = label[keep] * num_classes + pred[keep]
+    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+class ConfusionMatrix:
+    """Accumulates a dataset's confusion matrix: ``counts`` int64 (C, C), rows the labels, columns the
+    predictions. Same interface as :class:`IoUMetric` (``process``, ``all_reduce``), which it does not
+    change: evaluate with both to get metrics and the matrix from one pass.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"ConfusionMatrix needs at least one class, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+
+    def process(self, preds: torch.Tensor | Sequence[torch.Tensor],
+                labels: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Add a batch: (N, H, W) tensors or sequences of (H, W) (or (1, H, W)) label maps."""
+        if len(preds) != len(labels):
+            raise ValueError(f"got {len(preds)} predictions but {len(labels)} labels")
+        for pred, label in zip(preds, labels, strict=True):
+            pred = pred.squeeze(0) if pred.dim() == 3 else pred
+            label = label.squeeze(0) if label.dim() == 3 else label
+            self.counts += confusion_counts(pred, label, self.num_classes, self.ignore_index).cpu()
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes (no-op unless ``torch.distributed`` is initialized)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        counts = self.counts.to(device)
+        dist.all_reduce(counts)
+        self.counts = counts.cpu()
+
+    def normalized(self) -> torch.Tensor:
+        """float64 (C, C): each row divided by its sum, so a row is the distribution of predictions for
+        the pixels of that class (rows sum to 1); NaN rows for classes with no labelled pixel."""
+        return _divide(self.counts, self.counts.sum(dim=1, keepdim=True))

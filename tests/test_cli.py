@@ -14,6 +14,7 @@ import pytest
 import semseg
 from semseg.cli import main
 from semseg.data.datasets.synthetic import generate_sample
+from semseg.data.transforms.loading import read_label_map
 from semseg.engine.checkpoint import save_checkpoint
 
 SYNTHETIC = "fcn_r18-d8_1xb8-600_synthetic-96x96"
@@ -55,13 +56,13 @@ def test_predict_writes_labels_and_overlay(files, tmp_path: Path, capsys, tta: b
         )
         == 0
     )
-    labels = cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED)
-    overlay = cv2.imread(str(out / "img_overlay.png"))
+    labels = read_label_map(out / "labels" / "img.png")  # a palette PNG: its indices are the labels
+    overlay = cv2.imread(str(out / "overlays" / "img.png"))
     assert labels.shape == (70, 90) and overlay.shape == (70, 90, 3)
     model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"])
     expected = semseg.inference_model(model, files["image"], tta=tta).labels
     assert (labels == expected).all()
-    assert "img.png" in capsys.readouterr().out
+    assert "1 image -> " in capsys.readouterr().out
 
 
 def test_test_tta_writes_predictions_of_the_averaged_views(files, tmp_path: Path, capsys) -> None:
@@ -231,7 +232,7 @@ def test_cfg_options_set_a_list_of_dicts(files, tmp_path: Path) -> None:
         },
     )
     expected = semseg.inference_model(plain, files["image"]).labels
-    assert (cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED) == expected).all()
+    assert (read_label_map(out / "labels" / "img.png") == expected).all()
 
 
 def test_module_entry_point_help_and_error_exit() -> None:
@@ -274,7 +275,7 @@ def test_predict_in_bf16_with_fused_batchnorm(files, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["predict", SYNTHETIC, str(files["ckpt"]), str(files["image"]), "--out", str(out)]
     assert main([*args, "--precision", "bf16", "--fuse"]) == 0
-    labels = cv2.imread(str(out / "img_labels.png"), cv2.IMREAD_UNCHANGED)
+    labels = read_label_map(out / "labels" / "img.png")
     model = semseg.init_model(SYNTHETIC, checkpoint=files["ckpt"], precision="bf16", fuse=True)
     assert model.precision == "bf16"
     assert (labels == semseg.inference_model(model, files["image"]).labels).all()

@@ -65,3 +65,21 @@ def test_asking_for_cuda_without_it_is_an_error(monkeypatch: pytest.MonkeyPatch)
 
 def test_pretrained_may_sit_on_the_backbone() -> None:
     assert pretrained_source({"backbone": {"pretrained": "torchvision://resnet18"}}) == "torchvision://resnet18"
+
+
+def test_save_best_auto_takes_the_class_mean_the_evaluator_computes(tmp_path: Path) -> None:
+    run = trainer(tmp_path, **{"default_hooks.checkpoint.save_best": "auto", "val_evaluator.iou_metrics": ["mDice"]})
+    run.train()
+    assert run.best_path == tmp_path / "best_mDice_iter_2.pth" and run.best_path.is_file()
+    assert run.best_score == run.last_scores["mDice"]
+
+
+def test_the_logged_lr_is_the_one_the_iteration_trained_at(tmp_path: Path) -> None:
+    import json
+
+    schedule = [dict(type="PolyLR", eta_min=0.0, power=1.0, begin=0, end=3, by_epoch=False)]
+    run = trainer(tmp_path, **{"param_scheduler": schedule, "optim_wrapper.optimizer.lr": 0.1})
+    run.train()
+    records = [json.loads(line) for line in run.logger.json_path.read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs == pytest.approx([0.1, 0.05])  # iteration 1 at the base rate, iteration 2 one poly step down

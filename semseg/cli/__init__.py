@@ -1,4 +1,5 @@
-"""The ``semseg`` command: train, test, predict, benchmark, zoo, demo (one module per subcommand)."""
+"""The ``semseg`` command: train, test, predict, benchmark, zoo, download, config, browse-dataset, plot-log, env,
+demo (one module per subcommand)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import sys
 from importlib import metadata
 
 from semseg import __version__
-from semseg.cli import benchmark, demo, predict, test, train, zoo
+from semseg.cli import benchmark, browse_dataset, config, demo, download, env, plot_log, predict, test, train, zoo
 from semseg.cli.benchmark import benchmark_lines
 from semseg.cli.progress import ConsoleProgress
 
 __all__ = ["ConsoleProgress", "benchmark_lines", "build_parser", "main"]
 
-COMMANDS = (zoo, predict, train, test, benchmark, demo)
+COMMANDS = (zoo, download, predict, train, test, benchmark, config, browse_dataset, plot_log, env, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors that mean "the input is wrong" (config, option, file, data): reported in one line, no traceback.
 USER_ERRORS = (KeyError, FileNotFoundError, ValueError, TypeError, NotImplementedError, FloatingPointError,
-               RuntimeError, OSError)
+               RuntimeError, OSError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,13 @@ from torch import Tensor, nn
 __all__ = [
     "LoadResult",
     "Unpickled",
+    "cached_path",
     "download_checkpoint",
+    "file_sha256",
     "load_checkpoint",
     "load_state_dict_file",
     "save_checkpoint",
+    "weights_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -319,55 +322,100 @@ def load_state_dict_file(path: str | Path, map_location: Any = "cpu") -> tuple[d
 # Downloading
 # ----------------------------------------------------------------------------------------------------------
 
+# Environment: the cache's root (weights in `$SEMSEG_HOME/checkpoints`) and a mirror tried before the
+# original URL (a base URL or a folder; the file name is appended).
+HOME_ENV = "SEMSEG_HOME"
+MIRROR_ENV = "SEMSEG_WEIGHTS_MIRROR"
 
-def _default_cache_dir() -> Path:
-    home = os.environ.get("SEMSEG_HOME")
+# (bytes received, total bytes or 0 when the server does not say) -> None
+DownloadCallback = Callable[[int, int], None]
+
+
+def weights_cache_dir() -> Path:
+    """Where downloaded weights live: ``$SEMSEG_HOME/checkpoints``, by default ``~/.cache/semseg/checkpoints``."""
+    home = os.environ.get(HOME_ENV)
     base = Path(home) if home else Path.home() / ".cache" / "semseg"
     return base / "checkpoints"
 
 
-def download_checkpoint(url: str, cache_dir: str | Path | None = None) -> Path:
-    """Download ``url`` (http, https or file) into the cache once and return the cached path.
-
-    The file is written to a temporary name in the cache directory and renamed when complete, so the cache
-    never holds a partial file. A name with a hash suffix (``..._20200604_192608-efe53f0d.pth``) is checked
-    against the first hex digits of the file's SHA-256 and cached by name; other names are cached per URL.
-
-    Args:
-        url: where the checkpoint lives.
-        cache_dir: defaults to ``$SEMSEG_HOME/checkpoints`` or ``~/.cache/semseg/checkpoints``.
-    """
+def _file_name(url: str) -> str:
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
         raise ValueError(f"cannot tell a file name from the URL {url}")
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    match = _HASH_IN_NAME.search(name)
-    expected = match.group(1) if match else None
-    if expected is None:
-        # A name without a content hash (latest.pth, iter_8000.pth) may stand for different files at
-        # different URLs: keep each URL's copy apart.
+    return name
+
+
+def hash_in_name(url: str) -> str | None:
+    """The SHA-256 prefix a file name ends with (``..._20200604_192608-efe53f0d.pth`` -> ``'efe53f0d'``)."""
+    match = _HASH_IN_NAME.search(_file_name(url))
+    return match.group(1) if match else None
+
+
+def cached_path(url: str, cache_dir: str | Path | None = None) -> Path:
+    """The exact path at which the cache keeps ``url``'s file (whether or not it is there).
+
+    A name with a content hash is kept by name (``<cache>/pspnet_..._-efe53f0d.pth``), so a file copied there
+    by hand is found; a name without one (``latest.pth``) may stand for different files at different URLs
+    and is kept under a folder named after the URL (``<cache>/<sha256(url)[:16]>/latest.pth``).
+    """
+    name = _file_name(url)
+    cache = Path(cache_dir) if cache_dir is not None else weights_cache_dir()
+    if _HASH_IN_NAME.search(name) is None:
         cache = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
-    dest = cache / name
-    if dest.is_file():
-        return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s to %s", url, dest)
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
+    return cache / name
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks."""
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha256.update(chunk)
+    return sha256.hexdigest()
+
+
+def mirror_url(url: str, mirror: str) -> str:
+    """Where a mirror keeps ``url``'s file: the mirror's base URL (or folder) with the file name appended."""
+    name = _file_name(url)
+    if not _URL.match(mirror):
+        return (Path(mirror).expanduser().resolve() / name).as_uri()
+    return f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}"
+
+
+def _console_progress(label: str) -> DownloadCallback:
+    from semseg.cli.progress import DownloadProgress  # a console display: imported only when shown
+
+    return DownloadProgress(label)
+
+
+def _fetch_to(url: str, dest: Path, expected: str | None, progress: DownloadCallback | None) -> None:
+    """Write ``url``'s bytes to ``dest`` through a temporary file beside it; on any error (a SHA-256 that does
+    not start with ``expected`` included) nothing is left behind."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         sha256 = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=60) as response:
+                    total = int(response.headers.get("Content-Length") or 0)
+                    done = 0
+                    if progress is not None:
+                        progress(0, total)
                     while chunk := response.read(1 << 20):
                         sha256.update(chunk)
                         out.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total)
+                    if progress is not None and done != total:
+                        progress(done, done)  # the size was unknown: tell the display that it is complete
             except OSError as e:  # URLError and HTTPError are OSErrors
-                raise OSError(f"cannot download checkpoint {url}: {e}") from e
+                raise OSError(f"cannot download {url}: {e}") from e
         actual = sha256.hexdigest()
         if expected is not None and not actual.startswith(expected):
             raise ValueError(
-                f"checksum mismatch for {url}: the file name says SHA-256 {expected}..., "
-                f"the downloaded file has {actual[: len(expected)]}..."
+                f"checksum mismatch for {url}: expected SHA-256 {expected}..., the downloaded file has "
+                f"{actual[: len(expected)]}...; the file was deleted"
             )
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; the cache is shared
         os.replace(tmp, dest)
@@ -375,7 +423,55 @@ def download_checkpoint(url: str, cache_dir: str | Path | None = None) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return dest
+
+
+def download_checkpoint(
+    url: str,
+    cache_dir: str | Path | None = None,
+    *,
+    sha256: str | None = None,
+    mirror: str | None = None,
+    progress: DownloadCallback | bool = True,
+) -> Path:
+    """The cached copy of ``url``'s file (http, https or file URL), downloaded first if it is not there.
+
+    Sources, in order: the cache (:func:`cached_path`: a file put there by hand counts), the mirror (``mirror``
+    or ``$SEMSEG_WEIGHTS_MIRROR``: a base URL or a folder, the file name appended; a mirror without the file
+    falls through), then ``url``. A download goes to a temporary name beside its cache path and is renamed
+    when complete and checked, so the cache never holds a partial or mismatching file.
+
+    Args:
+        url: where the checkpoint lives.
+        cache_dir: defaults to :func:`weights_cache_dir` (``$SEMSEG_HOME/checkpoints``).
+        sha256: hex prefix the file's SHA-256 must start with; defaults to the one in the file name
+            (torch.hub's ``name-<sha256 prefix>.ext``); a name without one is not checked.
+        progress: a ``(bytes done, total bytes)`` callback; ``True`` shows a bar on stderr (a line at every
+            tenth when stderr is not a terminal), ``False`` shows nothing.
+
+    Raises:
+        ValueError: the downloaded file's hash does not match (the file is deleted).
+        OSError: no source could deliver the file; the message names the path to copy it to by hand.
+    """
+    dest = cached_path(url, cache_dir)
+    if dest.is_file():
+        return dest
+    expected = sha256.lower() if sha256 else hash_in_name(url)
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+    sources = ([mirror_url(url, mirror)] if mirror else []) + [url]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for source in sources:
+        logger.info("downloading %s to %s", source, dest)
+        callback = _console_progress(dest.name) if progress is True else (progress or None)
+        try:
+            _fetch_to(source, dest, expected, callback)
+            return dest
+        except OSError as e:
+            errors.append(str(e))
+    raise OSError(
+        "; ".join(errors) + f". Without network access, copy the file {dest.name} (from {url}) to {dest}"
+        + ("" if mirror else f", or set {MIRROR_ENV} to a server or folder that has it")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

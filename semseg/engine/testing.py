@@ -13,7 +13,7 @@ import torch
 from semseg.apis import init_model, show_result
 from semseg.engine import distributed
 from semseg.engine.evaluate import build_eval_loader, build_metric, evaluate
-from semseg.evaluation import format_table
+from semseg.evaluation import ConfusionMatrix, IoUMetric, format_table
 
 
 def _writer(dataset, show_dir: str | None, out_dir: str | None):
@@ -48,11 +48,17 @@ def _writer(dataset, show_dir: str | None, out_dir: str | None):
 
 def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: str | None = None,
              out_dir: str | None = None, device: str | None = None, work_dir: str | None = None,
-             precision: str = "fp32", fuse: bool = False) -> dict:
+             precision: str = "fp32", fuse: bool = False, confusion_matrix: str | None = None) -> dict:
     """Evaluate ``checkpoint`` with ``config``'s ``test_dataloader`` and ``test_evaluator``; print and
     return the metrics (with ``work_dir``, also write them to ``<work_dir>/test_metrics.json``).
 
-    ``precision`` and ``fuse`` are :func:`~semseg.apis.init_model`'s inference options."""
+    ``precision`` and ``fuse`` are :func:`~semseg.apis.init_model`'s inference options. ``confusion_matrix``
+    names a plot file (PNG) for the row-normalized confusion matrix, written with its raw counts beside it
+    (``.npy``, ``.csv``; see :func:`semseg.plots.save_confusion_matrix`)."""
+    if confusion_matrix is not None:
+        from semseg.plots import check_matplotlib
+
+        check_matplotlib("--confusion-matrix")  # before the evaluation, not after it
     _, _, chosen = distributed.init_distributed(device)
     model = init_model(config, checkpoint, device=chosen, cfg_options=cfg_options, precision=precision, fuse=fuse)
     cfg = model.cfg
@@ -65,8 +71,10 @@ def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: 
         loader_cfg["dataset"]["pipeline"] = cfg.to_dict()["tta_pipeline"]
     loader = build_eval_loader(loader_cfg)
     metric = build_metric(cfg.get("test_evaluator"), loader.dataset)
+    confusion = ConfusionMatrix(metric.num_classes, metric.ignore_index) if confusion_matrix else None
     callback = _writer(loader.dataset, show_dir, out_dir) if (show_dir or out_dir) else None
-    scores = evaluate(model, loader, metric, chosen, on_prediction=callback)
+    scores = evaluate(model, loader, metric if confusion is None else _WithConfusion(metric, confusion), chosen,
+                      on_prediction=callback)
     if distributed.is_main_process():
         print(format_table(scores["per_class"]))
         summary = {k: v for k, v in scores.items() if k != "per_class"}
@@ -74,4 +82,28 @@ def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: 
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
             (Path(work_dir) / "test_metrics.json").write_text(json.dumps(summary, indent=2))
+        if confusion is not None:
+            from semseg.plots import save_confusion_matrix
+
+            written = save_confusion_matrix(confusion.counts.numpy(), metric.class_names, confusion_matrix)
+            print("confusion matrix: " + ", ".join(str(path) for path in written))
     return scores
+
+
+class _WithConfusion:
+    """The test metric with a confusion matrix fed the same predictions; computes the metric's results."""
+
+    def __init__(self, metric: IoUMetric, confusion: ConfusionMatrix) -> None:
+        self.metric = metric
+        self.confusion = confusion
+
+    def process(self, preds: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
+        self.metric.process(preds, labels)
+        self.confusion.process(preds, labels)
+
+    def all_reduce(self) -> None:
+        self.metric.all_reduce()
+        self.confusion.all_reduce()
+
+    def compute(self) -> dict:
+        return self.metric.compute()

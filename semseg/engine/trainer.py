@@ -27,7 +27,7 @@ from semseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from semseg.engine.evaluate import build_eval_loader, build_metric, evaluate
 from semseg.engine.logging import Progress, RunLogger, memory_mb
 from semseg.engine.optim import build_optim_wrapper
-from semseg.engine.pretrained import load_pretrained_backbone, pretrained_source
+from semseg.engine.pretrained import load_pretrained_backbone, pretrained_prefix, pretrained_source
 from semseg.engine.schedulers import build_schedulers
 from semseg.evaluation import format_table
 
@@ -284,7 +284,8 @@ class Trainer:
             load_checkpoint(self.module, self.cfg.load_from, strict=False)
             self.logger.info(f"loaded weights from {self.cfg.load_from}")
         elif source := pretrained_source(self.cfg.model.to_dict()):
-            load_pretrained_backbone(self.module.backbone, source)
+            prefix = pretrained_prefix(self.cfg.model.to_dict())
+            load_pretrained_backbone(self.module.backbone, source, prefix=prefix)
             self.logger.info(f"loaded pretrained backbone weights {source}")
         if self.world_size > 1:  # DDP starts every process from rank 0's parameters and buffers
             self.model = DistributedDataParallel(
@@ -337,6 +338,7 @@ class Trainer:
                 else:
                     self._note_non_finite(losses, loss)
                 self.optim_wrapper.update_params(loss)
+            lr = self.optim_wrapper.get_lr()["lr"][0]  # the rate this iteration trained at (mmengine logs it)
             self.schedulers.step()
             self.iter += 1
             progress.mark_iter()
@@ -347,7 +349,7 @@ class Trainer:
                                                 or validate_now or save_now):
                 self._stop_if_noted_non_finite()
             if log_now:
-                self._log_train(losses, progress)
+                self._log_train(losses, progress, lr)
             # validate first, so that a checkpoint written at this iteration knows the best score so far
             if validate_now:
                 self.validate()
@@ -429,10 +431,9 @@ class Trainer:
                 raise ValueError(f"label map {source} has values {values} outside the {num_classes} classes "
                                  f"(0..{num_classes - 1}) and ignore_index {ignore_index}")
 
-    def _log_train(self, losses: dict, progress: Progress) -> None:
+    def _log_train(self, losses: dict, progress: Progress, lr: float) -> None:
         # one host-device synchronization for all the values
         values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist(), strict=True))
-        lr = self.optim_wrapper.get_lr()["lr"][0]
         record = {"lr": lr, **values, "time": progress.time_per_iter, "data_time": progress.data_time,
                   "memory": memory_mb(self.device)}
         self.logger.record("train", self.iter, record)
@@ -465,7 +466,9 @@ class Trainer:
         self.logger.info("per class results:\n" + format_table(scores["per_class"]))
         self.logger.info(f"Iter(val) [{self.iter}]  " + "  ".join(f"{k}: {v:.2f}" for k, v in summary.items()))
         if self.save_best:
-            key = self.save_best if self.save_best != "auto" else "mIoU"
+            key = self.save_best
+            if key == "auto":  # mmengine would take the first metric (aAcc); the class mean is what users want
+                key = next((name for name in ("mIoU", "mDice", "mFscore") if name in summary), "mIoU")
             if key not in summary:
                 raise KeyError(f"default_hooks.checkpoint.save_best={key!r} is not among the validation metrics "
                                f"{sorted(summary)} (val_evaluator.iou_metrics decides which are computed)")

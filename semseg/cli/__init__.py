@@ -1,5 +1,5 @@
-"""The ``semseg`` command: train, test, predict, benchmark, zoo, download, config, browse-dataset, plot-log, env,
-demo (one module per subcommand)."""
+"""The ``semseg`` command: train, test, predict, benchmark, export, zoo, download, config, browse-dataset, plot-log,
+env, demo (one module per subcommand)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,26 @@ import sys
 from importlib import metadata
 
 from semseg import __version__
-from semseg.cli import benchmark, browse_dataset, config, demo, download, env, plot_log, predict, test, train, zoo
+from semseg.cli import (
+    benchmark,
+    browse_dataset,
+    config,
+    demo,
+    download,
+    env,
+    export,
+    plot_log,
+    predict,
+    test,
+    train,
+    zoo,
+)
 from semseg.cli.benchmark import benchmark_lines
 from semseg.cli.progress import ConsoleProgress
 
 __all__ = ["ConsoleProgress", "benchmark_lines", "build_parser", "main"]
 
-COMMANDS = (zoo, download, predict, train, test, benchmark, config, browse_dataset, plot_log, env, demo)
+COMMANDS = (zoo, download, predict, train, test, benchmark, export, config, browse_dataset, plot_log, env, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

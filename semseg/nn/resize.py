@@ -22,7 +22,8 @@ def resize(
     (e.g. 33 -> 65); when that fails on both sides, a warning says the grid is misaligned, as in
     MMSegmentation, since such models were trained with odd-sized inputs (769 x 769).
     """
-    if warning and size is not None and align_corners:
+    if (warning and size is not None and align_corners and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()):
         in_h, in_w = input.shape[2:]
         out_h, out_w = (int(s) for s in size)
         upsampling = out_h > in_h or out_w > in_w
@@ -36,7 +37,9 @@ def resize(
                 stacklevel=2,
             )
     if size is not None:
-        size = tuple(int(s) for s in size)
+        # a traced size (a tensor under torch.jit.trace, a SymInt under torch.export) stays symbolic, so an
+        # exported graph follows its input's size
+        size = tuple(s if isinstance(s, (torch.Tensor, torch.SymInt)) else int(s) for s in size)
     if mode in ("nearest", "area", "nearest-exact"):
         align_corners = None
     return F.interpolate(input, size, scale_factor, mode, align_corners)

@@ -505,6 +505,7 @@ class BenchmarkOptions:
     precision: str = "fp32"
     amp: str | None = None
     fuse: bool = False
+    onednn: bool = False
     channels_last: bool = False
     inference_mode: bool = False
     compile: bool = False
@@ -538,8 +539,8 @@ class BenchmarkOptions:
             if self.num_images and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise ValueError("the inference benchmark runs on one process: run it without torchrun")
             return
-        if self.fuse or self.inference_mode:
-            name = "--fuse" if self.fuse else "--inference-mode"
+        if self.fuse or self.inference_mode or self.onednn:
+            name = "--fuse" if self.fuse else "--inference-mode" if self.inference_mode else "--onednn"
             raise ValueError(f"{name} is an inference option; it does not apply to --train")
         if self.precision != "fp32":
             if self.amp is not None and self.amp != self.precision:
@@ -591,13 +592,13 @@ def run_benchmark(
     model = None
     if not opts.train and opts.num_images:
         model = init_model(cfg, opts.checkpoint, device=chosen, precision=opts.precision, fuse=opts.fuse,
-                           channels_last=opts.channels_last, inference_mode=opts.inference_mode,
+                           onednn=opts.onednn, channels_last=opts.channels_last, inference_mode=opts.inference_mode,
                            compile=opts.compile)
         report.inference = measure_inference(model, config_images(cfg, opts.shape), opts.num_images, opts.warmup,
                                              opts.repeat, opts.cudnn_benchmark,
                                              progress("inference") if progress else None)
     if opts.flops:
-        tuned = opts.precision != "fp32" or opts.fuse or opts.channels_last or opts.inference_mode or opts.compile
+        tuned = opts.precision != "fp32" or opts.fuse or opts.onednn or opts.channels_last or opts.inference_mode or opts.compile
         if model is None or tuned:
             model = None  # free the measured model before building the plain one
             model = init_model(cfg, None, device=chosen)

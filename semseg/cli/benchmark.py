@@ -25,7 +25,7 @@ def _spread(spread, unit: str) -> str:
 
 def benchmark_lines(report) -> list[str]:
     """A :class:`semseg.benchmark.BenchmarkReport` as text, one figure a line."""
-    options = [name for name in ("fuse", "channels_last", "inference_mode", "compile", "fused_optimizer")
+    options = [name for name in ("fuse", "onednn", "channels_last", "inference_mode", "compile", "fused_optimizer")
                if report.options.get(name)]
     lines = [f"config: {report.config}",
              f"device: {report.device} ({report.device_name}), torch {report.torch_version}, "
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint, cfg_options=args.cfg_options, train=args.train, flops=args.flops,
             num_images=args.num_images, iters=args.iters, warmup=args.warmup, repeat=args.repeat, shape=args.shape,
             batch_size=args.batch_size, crop_size=args.crop_size, precision=args.precision, amp=args.amp,
-            fuse=args.fuse, channels_last=args.channels_last, inference_mode=args.inference_mode,
+            fuse=args.fuse, onednn=args.onednn, channels_last=args.channels_last, inference_mode=args.inference_mode,
             compile=args.compile, fused_optimizer=args.fused_optimizer, cudnn_benchmark=args.cudnn_benchmark)
     except BaseException:
         distributed.cleanup(wait=False)
@@ -128,6 +128,8 @@ def register(commands) -> None:
                        help="inference precision (fp16 on GPUs only); under --train the same as --amp")
     bench.add_argument("--amp", choices=["fp16", "bf16"], default=None, help="--train: mixed precision dtype")
     bench.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convolutions (inference)")
+    bench.add_argument("--onednn", action="store_true",
+                       help="CPU fp32 inference: prepacked oneDNN convolutions, ResNet backbone in the blocked layout")
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     bench.add_argument("--inference-mode", action="store_true", help="inference under torch.inference_mode")
     bench.add_argument("--compile", action="store_true", help="torch.compile (compile time shows in warm-up)")

@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = init_model(args.config, args.checkpoint, device=device, cfg_options=args.cfg_options,
-                       precision=args.precision, fuse=args.fuse)
+                       precision=args.precision, fuse=args.fuse, onednn=args.onednn)
     out = Path(args.out)
     sources, problems = collect_inputs(args.inputs, exclude=out)
     for item, reason in problems:

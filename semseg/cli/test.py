@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_test(args.config, args.checkpoint, cfg_options=args.cfg_options, tta=args.tta,
                  show_dir=args.show_dir, out_dir=args.out, device=args.device, work_dir=args.work_dir,
-                 precision=args.precision, fuse=args.fuse, confusion_matrix=args.confusion_matrix)
+                 precision=args.precision, fuse=args.fuse, onednn=args.onednn, confusion_matrix=args.confusion_matrix)
     except BaseException:
         distributed.cleanup(wait=False)
         raise

@@ -48,11 +48,12 @@ def _writer(dataset, show_dir: str | None, out_dir: str | None):
 
 def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: str | None = None,
              out_dir: str | None = None, device: str | None = None, work_dir: str | None = None,
-             precision: str = "fp32", fuse: bool = False, confusion_matrix: str | None = None) -> dict:
+             precision: str = "fp32", fuse: bool = False, confusion_matrix: str | None = None,
+             onednn: bool = False) -> dict:
     """Evaluate ``checkpoint`` with ``config``'s ``test_dataloader`` and ``test_evaluator``; print and
     return the metrics (with ``work_dir``, also write them to ``<work_dir>/test_metrics.json``).
 
-    ``precision`` and ``fuse`` are :func:`~semseg.apis.init_model`'s inference options. ``confusion_matrix``
+    ``precision``, ``fuse`` and ``onednn`` are :func:`~semseg.apis.init_model`'s inference options. ``confusion_matrix``
     names a plot file (PNG) for the row-normalized confusion matrix, written with its raw counts beside it
     (``.npy``, ``.csv``; see :func:`semseg.plots.save_confusion_matrix`)."""
     if confusion_matrix is not None:
@@ -60,7 +61,8 @@ def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: 
 
         check_matplotlib("--confusion-matrix")  # before the evaluation, not after it
     _, _, chosen = distributed.init_distributed(device)
-    model = init_model(config, checkpoint, device=chosen, cfg_options=cfg_options, precision=precision, fuse=fuse)
+    model = init_model(config, checkpoint, device=chosen, cfg_options=cfg_options, precision=precision, fuse=fuse,
+                       onednn=onednn)
     cfg = model.cfg
     if not cfg.get("test_dataloader"):
         raise KeyError(f"config {cfg.filename or config!r} has no test_dataloader")

@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from oracle import (
-    calibrate_norms_,
     _data_samples,
     assert_encode_decode_equal,
     assert_loss_equal,
     assert_slide_equal,
+    calibrate_norms_,
     head_pair,
     max_diff,
     mmseg_config_dir,
-    oracle_encode_decode,
     replace_syncbn,
     set_dropout_off,
     zoo_pair,

@@ -11,7 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from oracle import build_oracle_model, calibrate_norms_, load_oracle_config, randomize_, save_oracle_state_dict
+from oracle import (
+    build_oracle_model,
+    calibrate_norms_,
+    load_oracle_config,
+    randomize_,
+    save_oracle_state_dict,
+)
 
 import semseg
 

@@ -180,3 +180,35 @@ def test_lr_every_iteration_matches_mmengine(case):
         for scheduler in their_scheds:
             scheduler.step()
     assert len(seen) > 20  # the schedule moved the lr (a constant lr would prove nothing)
+
+
+ZOO_OPTIM_CASES = {
+    # the configs' own optim_wrapper (AdamW, paramwise custom_keys) on their models at a tiny width
+    "vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512": {
+        "model.backbone.embed_dims": 32, "model.backbone.num_layers": 4, "model.backbone.num_heads": 2,
+        "model.backbone.out_indices": (0, 1, 2, 3), "model.neck.in_channels": [32] * 4,
+        "model.neck.out_channels": 32, "model.decode_head.in_channels": [32] * 4, "model.decode_head.channels": 16,
+        "model.auxiliary_head.in_channels": 32, "model.auxiliary_head.channels": 16},
+    "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512": {
+        "model.backbone.embed_dims": 16, "model.backbone.depths": (2, 2, 2, 2),
+        "model.backbone.num_heads": (1, 2, 2, 4), "model.decode_head.in_channels": [16, 32, 64, 128],
+        "model.decode_head.channels": 16, "model.auxiliary_head.in_channels": 64,
+        "model.auxiliary_head.channels": 16},
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO_OPTIM_CASES))
+def test_zoo_config_param_groups_match_mmengine(name: str) -> None:
+    require_oracle()
+    from mmengine.optim import build_optim_wrapper as oracle_build
+
+    from semseg.config import load_config
+
+    cfg = load_config(name, {**ZOO_OPTIM_CASES[name], "model.pretrained": None, "model.backbone.init_cfg": None})
+    assert cfg.optim_wrapper.get("paramwise_cfg")  # the config's custom_keys are what is compared
+    model = build("segmentor", cfg.model.to_dict())
+    ours = build_optim_wrapper(model, cfg.optim_wrapper.to_dict())
+    theirs = oracle_build(model, copy.deepcopy(cfg.optim_wrapper.to_dict()))
+    assert describe(model, ours.optimizer) == describe(model, theirs.optimizer)
+    decayed = {group["weight_decay"] for group in ours.optimizer.param_groups}
+    assert decayed == {0.0, 0.01}  # some parameters matched a decay_mult=0 key

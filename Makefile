@@ -22,7 +22,7 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check .
-	SEMSEG_REQUIRE_ORACLE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	SEMSEG_REQUIRE_ORACLE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ import torch
 
 from semseg.build import accepted_arguments, build, lookup
 from semseg.config import Config, load_config
+from semseg.config_check import check_config
 from semseg.data.transforms import Compose
 from semseg.engine.checkpoint import load_checkpoint
 from semseg.models.inference import check_precision, predict_views, restore_view
@@ -186,6 +187,7 @@ def init_model(
     if compile is not False and not (compile is True or isinstance(compile, dict)):
         raise TypeError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
     cfg = load_config(config, cfg_options)
+    check_config(cfg)
     if "model" not in cfg:
         raise KeyError(f"config {cfg.filename or config!r} has no 'model' entry")
     model_cfg = cfg.model.to_dict()

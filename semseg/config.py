@@ -16,18 +16,45 @@ import difflib
 import keyword
 import math
 import re
+import traceback
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigDict", "find_config", "load_config", "parse_cfg_options"]
+__all__ = ["Config", "ConfigDict", "ConfigError", "find_config", "load_config", "parse_cfg_options"]
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 DELETE_KEY = "_delete_"
 _SKIPPED_TYPES = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 # `{{ _base_.a.b }}`, optionally quoted: the quotes go too, so the reference is a value, not a string.
 _BASE_REF = re.compile(r"""(['"]?)\{\{\s*_base_\.([A-Za-z0-9_.]+)\s*\}\}\1""")
+
+
+class ConfigError(ValueError):
+    """A fault in a config file or a ``--cfg-options`` entry; the message is one line naming the file or the
+    key's path (``model.decode_head.num_classes``) and what was expected. Every config fault semseg finds,
+    at loading (:func:`load_config`) or at start-up (:func:`semseg.config_check.check_config`), is one.
+    The subclasses below are also the built-in error that code written before them caught."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A key that does not exist where it is looked up (a ``--cfg-options`` path, a ``{{_base_.x}}``)."""
+
+
+class ConfigSyntaxError(ConfigError, SyntaxError):
+    """A config file that is not valid Python."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """A config file (or one in its ``_base_``) that does not exist."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A value of the wrong type."""
 
 
 def _nearest(word: str, options: Iterable[Any]) -> str | None:
@@ -163,7 +190,7 @@ def _lookup(data: Any, dotted: str) -> Any:
             node = node[int(part)]
         else:
             options = node.keys() if isinstance(node, Mapping) else []
-            raise KeyError(f"'{_join(done, part)}' not found{_did_you_mean(part, options)}")
+            raise ConfigKeyError(f"'{_join(done, part)}' not found{_did_you_mean(part, options)}")
         done = _join(done, part)
     return node
 
@@ -178,15 +205,15 @@ def _base_files(tree: ast.Module, path: Path) -> list[str]:
             try:
                 value = ast.literal_eval(node.value)
             except ValueError:
-                raise ValueError(f"{path}, line {node.lineno}: _base_ must be a str or a list of str") from None
+                raise ConfigError(f"{path}, line {node.lineno}: _base_ must be a str or a list of str") from None
     if value is None:
         return []
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: _base_ must be a str or a list of str, got {value!r}")
+        raise ConfigError(f"{path}: _base_ must be a str or a list of str, got {value!r}")
     for name in names:
         if "::" in name:
-            raise ValueError(f"{path}: package-scoped base '{name}' is not supported; use a relative path")
+            raise ConfigError(f"{path}: package-scoped base '{name}' is not supported; use a relative path")
     return list(names)
 
 
@@ -194,12 +221,12 @@ def _load_file(path: Path, referenced_by: Path | None, chain: tuple[Path, ...]) 
     """The merged config of one file (its bases first), as plain Python values."""
     if not path.is_file():
         where = f" (listed in _base_ of {referenced_by})" if referenced_by else ""
-        raise FileNotFoundError(f"config file not found: {path}{where}")
+        raise ConfigFileNotFoundError(f"config file not found: {path}{where}")
     if path.suffix != ".py":
-        raise ValueError(f"{path}: only Python (.py) config files are supported")
+        raise ConfigError(f"{path}: only Python (.py) config files are supported")
     if path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
-        raise ValueError(f"circular _base_ inheritance: {cycle}")
+        raise ConfigError(f"circular _base_ inheritance: {cycle}")
 
     refs: dict[str, str] = {}
 
@@ -208,14 +235,23 @@ def _load_file(path: Path, referenced_by: Path | None, chain: tuple[Path, ...]) 
         refs[name] = match.group(2)
         return name
 
-    source = _BASE_REF.sub(to_placeholder, path.read_text(encoding="utf-8"))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"invalid config file {path}, line {line}: not UTF-8 text (byte {err.start})") from None
+    source = _BASE_REF.sub(to_placeholder, text)
     try:
         tree = ast.parse(source, filename=str(path))
-    except SyntaxError as err:
-        raise SyntaxError(
-            f"invalid config file {path}, line {err.lineno}: {err.msg}",
-            (str(path), err.lineno, err.offset, err.text),
+    except (SyntaxError, ValueError) as err:  # ValueError: null bytes (Python < 3.12)
+        line = getattr(err, "lineno", None)
+        raise ConfigSyntaxError(
+            f"invalid config file {path}, line {line}: {getattr(err, 'msg', None) or err}",
+            (str(path), line, getattr(err, "offset", None), getattr(err, "text", None)),
         ) from None
+    except (RecursionError, MemoryError):
+        raise ConfigSyntaxError(f"invalid config file {path}: nested too deeply to parse") from None
 
     base: dict = {}
     for name in _base_files(tree, path):
@@ -226,22 +262,36 @@ def _load_file(path: Path, referenced_by: Path | None, chain: tuple[Path, ...]) 
         try:
             namespace[name] = copy.deepcopy(_lookup(base, dotted))
         except KeyError as err:
-            raise KeyError(f"{path}: {{{{_base_.{dotted}}}}}: {err.args[0]} in its _base_ configs") from None
-    exec(compile(tree, str(path), "exec"), namespace)
+            raise ConfigKeyError(f"{path}: {{{{_base_.{dotted}}}}}: {err.args[0]} in its _base_ configs") from None
+    _execute(tree, path, namespace)
     own = {
         k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, _SKIPPED_TYPES)
     }
     return _merge(base, own)
 
 
+def _execute(tree: ast.Module, path: Path, namespace: dict) -> None:
+    """Run a parsed config file in ``namespace``; an error the file's code raises becomes a ConfigError
+    naming the file and line (its cause stays chained for ``SEMSEG_DEBUG`` tracebacks)."""
+    try:
+        exec(compile(tree, str(path), "exec"), namespace)
+    except Exception as err:
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == str(path)]
+        line = f", line {frames[-1].lineno}" if frames else ""
+        message = str(err).splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"config file {path}{line}: {type(err).__name__}: {message}") from err
+
+
 class Config:
     """A loaded config: a ConfigDict (``cfg.model``, ``cfg['model']``) plus the file it came from."""
 
     def __init__(self, cfg: Mapping | Config | None = None, filename: str | Path | None = None) -> None:
+        overrides = list(cfg._overrides) if isinstance(cfg, Config) else []
         if isinstance(cfg, Config):
             cfg = cfg._cfg
         object.__setattr__(self, "_cfg", ConfigDict(cfg or {}))
         object.__setattr__(self, "_filename", None if filename is None else str(filename))
+        object.__setattr__(self, "_overrides", overrides)
 
     @classmethod
     def fromfile(cls, path: str | Path) -> Config:
@@ -256,6 +306,11 @@ class Config:
     @property
     def filename(self) -> str | None:
         return self._filename
+
+    @property
+    def overrides(self) -> list[str]:
+        """The keys ``merge_from_dict`` (``--cfg-options``) has set, in order."""
+        return list(self._overrides)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -320,6 +375,7 @@ class Config:
         value merges into an existing dict (``_delete_=True`` replaces it); any other value replaces.
         """
         for key, value in options.items():
+            self._overrides.append(str(key))
             parts = str(key).split(".")
             node: Any = self._cfg
             for i, part in enumerate(parts):
@@ -331,21 +387,21 @@ class Config:
                     elif part in node:
                         node = node[part]
                     else:
-                        raise KeyError(
+                        raise ConfigKeyError(
                             f"cfg-option '{key}': no key '{part}' in {where}{_did_you_mean(part, node.keys())}"
                         )
                 elif isinstance(node, (list, tuple)):
                     if not (part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node)):
-                        raise KeyError(f"cfg-option '{key}': {where} is a list of {len(node)} items, "
+                        raise ConfigKeyError(f"cfg-option '{key}': {where} is a list of {len(node)} items, "
                                        f"'{part}' is not a valid index")
                     if not last:
                         node = node[int(part)]
                     elif isinstance(node, list):
                         node[int(part)] = _convert(_override(node[int(part)], value), _join(where, part))
                     else:
-                        raise TypeError(f"cfg-option '{key}': {where} is a tuple; set the whole tuple instead")
+                        raise ConfigTypeError(f"cfg-option '{key}': {where} is a tuple; set the whole tuple instead")
                 else:
-                    raise KeyError(f"cfg-option '{key}': {where} is {type(node).__name__}, not a dict or list")
+                    raise ConfigKeyError(f"cfg-option '{key}': {where} is {type(node).__name__}, not a dict or list")
 
     @property
     def pretty_text(self) -> str:
@@ -462,7 +518,7 @@ def parse_cfg_options(items: Iterable[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"cfg-option {item!r} is not KEY=VALUE (e.g. model.decode_head.num_classes=19)")
+            raise ConfigError(f"cfg-option {item!r} is not KEY=VALUE (e.g. model.decode_head.num_classes=19)")
         options[key.strip()] = _parse_value(value)
     return options
 
@@ -484,7 +540,7 @@ def find_config(name: str | Path, root: str | Path | None = None) -> Path:
         return zoo[stem]
     near = difflib.get_close_matches(stem, list(zoo), n=5, cutoff=0.4)
     hint = f"; nearest zoo configs: {', '.join(near)}" if near else f" ({len(zoo)} zoo configs under {root})"
-    raise FileNotFoundError(f"no config file or zoo config named '{name}'{hint}")
+    raise ConfigFileNotFoundError(f"no config file or zoo config named '{name}'{hint}")
 
 
 def load_config(

@@ -40,6 +40,7 @@ def write_label(path, label):
 
 
 LABEL = np.array([[0, 1, 2, 3], [4, 5, 255, 0]], np.uint8)
+TWO_CLASS_LABEL = np.array([[0, 1, 1, 0], [1, 0, 255, 0]], np.uint8)  # the retinal datasets: background, vessel
 
 # (type, img folder, seg folder, image stems, img suffix, seg suffix, reduce_zero_label, extra kwargs)
 LAYOUTS = [
@@ -78,16 +79,18 @@ LAYOUTS = [
 ]
 
 
-def make_tree(root, img_dir, seg_dir, stems, img_suffix, seg_suffix):
+def make_tree(root, img_dir, seg_dir, stems, img_suffix, seg_suffix, label=LABEL):
     for i, stem in enumerate(stems):
         write_image(root / img_dir / f"{stem}{img_suffix}", value=10 * i)
-        write_label(root / seg_dir / f"{stem}{seg_suffix}", LABEL)
+        write_label(root / seg_dir / f"{stem}{seg_suffix}", label)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=[f"{entry[0]}-{entry[1]}" for entry in LAYOUTS])
 def test_dataset_finds_its_files_and_applies_its_convention(tmp_path, layout):
     type_name, img_dir, seg_dir, stems, img_suffix, seg_suffix, reduce, extra = layout
-    make_tree(tmp_path, img_dir, seg_dir, stems, img_suffix, seg_suffix)
+    label = TWO_CLASS_LABEL if seg_suffix in ("_manual1.png", ".ah.png", "_1stHO.png") or type_name == "HRFDataset" \
+        else LABEL
+    make_tree(tmp_path, img_dir, seg_dir, stems, img_suffix, seg_suffix, label)
     # Files of the other datasets' conventions beside them must not be picked up.
     (tmp_path / img_dir / "notes.txt").write_text("not an image")
     write_image(tmp_path / img_dir / f".hidden{img_suffix}")
@@ -103,11 +106,11 @@ def test_dataset_finds_its_files_and_applies_its_convention(tmp_path, layout):
         assert info["seg_map_path"] == os.path.join(str(tmp_path), seg_dir, stem + seg_suffix)
         assert info["reduce_zero_label"] is reduce and info["label_map"] is None
         assert info["seg_fields"] == [] and info["sample_idx"] == i
-    label = dataset[0]["gt_seg_map"]
+    loaded = dataset[0]["gt_seg_map"]
     if reduce:
-        np.testing.assert_array_equal(label, [[255, 0, 1, 2], [3, 4, 255, 255]])
+        np.testing.assert_array_equal(loaded, [[255, 0, 1, 2], [3, 4, 255, 255]])
     else:
-        np.testing.assert_array_equal(label, LABEL)
+        np.testing.assert_array_equal(loaded, label)
     meta = dataset.metainfo
     assert len(meta["classes"]) == len(meta["palette"]) > 1
     assert meta["reduce_zero_label"] is reduce
@@ -211,7 +214,8 @@ def test_wrong_layouts_name_the_path(tmp_path):
 
 
 def test_wrappers_build_nested_configs(tmp_path):
-    make_tree(tmp_path, "images/training", "annotations/training", ["21", "22"], ".png", "_manual1.png")
+    make_tree(tmp_path, "images/training", "annotations/training", ["21", "22"], ".png", "_manual1.png",
+              TWO_CLASS_LABEL)
     inner = {"type": "DRIVEDataset", "data_root": str(tmp_path), "pipeline": LOAD,
              "data_prefix": {"img_path": "images/training", "seg_map_path": "annotations/training"}}
     repeated = build("dataset", {"type": "RepeatDataset", "times": 3, "dataset": inner})

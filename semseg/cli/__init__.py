@@ -8,8 +8,12 @@ import os
 import sys
 from importlib import metadata
 
-from semseg import __version__
-from semseg.cli import (
+from semseg.threads import prefer_passive_wait
+
+prefer_passive_wait()  # before the commands import torch: OpenMP reads OMP_WAIT_POLICY once, when torch loads it
+
+from semseg import __version__  # noqa: E402
+from semseg.cli import (  # noqa: E402
     benchmark,
     browse_dataset,
     config,
@@ -23,16 +27,31 @@ from semseg.cli import (
     train,
     zoo,
 )
-from semseg.cli.benchmark import benchmark_lines
-from semseg.cli.progress import ConsoleProgress
+from semseg.cli.benchmark import benchmark_lines  # noqa: E402
+from semseg.cli.progress import ConsoleProgress  # noqa: E402
 
 __all__ = ["ConsoleProgress", "benchmark_lines", "build_parser", "main"]
 
 COMMANDS = (zoo, download, predict, train, test, benchmark, export, config, browse_dataset, plot_log, env, demo)
 
 
+DESCRIPTION = """\
+Semantic segmentation in plain PyTorch, with MMSegmentation 1.x's configs, checkpoints and metrics.
+Wherever a command takes CONFIG, a config file or a zoo name works (semseg zoo lists the names)."""
+
+EXAMPLES = """\
+examples:
+  semseg demo                                  # train and use a small model on generated data (CPU, minutes)
+  semseg predict pspnet_r50-d8_4xb2-40k_cityscapes-512x1024 zoo street.jpg --out preds
+  semseg zoo deeplabv3plus                     # published models: dataset, crop, schedule, mIoU
+
+semseg COMMAND --help shows a command's options and examples. python -m semseg is the same command;
+SEMSEG_DEBUG=1 shows the traceback behind an error message."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="semseg", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version=f"semseg {__version__} (torch {metadata.version('torch')})")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("SEMSEG_DEBUG"):
             raise
+        from semseg.engine.distributed import describe_failure
+
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        print(f"semseg: error: {message}", file=sys.stderr)
+        print(f"semseg: error: {describe_failure(error, message)}", file=sys.stderr)
         return 1

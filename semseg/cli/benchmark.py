@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from semseg.cli.common import add_threads_option, apply_threads
 from semseg.cli.progress import ConsoleProgress
+
+EXAMPLES = """\
+examples:
+  semseg benchmark pspnet_r50-d8_4xb2-40k_cityscapes-512x1024 --num-images 20 --flops
+  semseg benchmark my_config.py --checkpoint ckpt.pth --precision bf16 --fuse --repeat 3 --json speed.json
+  semseg benchmark my_config.py --train --iters 50 --amp bf16 --batch-size 4 --crop-size 256 256
+
+Figures go to stdout, one a line; progress goes to stderr (--quiet: none). Under torchrun, --train
+times DDP steps on every process and reports each rank's s/iter and the slowest."""
 
 
 def _count(value: float, unit: str = "") -> str:
@@ -74,6 +84,7 @@ def benchmark_lines(report) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    threads = apply_threads(args, announce=False)  # printed with the report
     import json
 
     from semseg.benchmark import run_benchmark
@@ -91,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.cleanup(wait=False)
         raise
     if distributed.is_main_process():
-        for line in benchmark_lines(report):
+        for line in [*benchmark_lines(report), threads]:
             print(line)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -104,23 +115,24 @@ def register(commands) -> None:
     """Add the subcommand to ``commands`` (an argparse subparsers action)."""
     bench = commands.add_parser(
         "benchmark", help="inference speed (default), training speed (--train), parameters and FLOPs (--flops)",
-        description="Inference: forward + post-processing (resize to the original size, argmax) per image, data "
-        "loading excluded, on the config's test set when it is on disk, else on synthetic images. Training: "
-        "s/iter on synthetic batches with the config's optimizer. Peak memory: CUDA max_memory_allocated, or "
-        "the process's peak resident set on CPUs.")
-    bench.add_argument("config")
-    bench.add_argument("--checkpoint", default=None, help="weights to load (the timing does not depend on them)")
+        description="Inference: forward + post-processing (resize to the original size, argmax) per image, data\n"
+        "loading excluded, on the config's test set when it is on disk, else on synthetic images. Training:\n"
+        "s/iter on synthetic batches with the config's optimizer. Peak memory: CUDA max_memory_allocated, or\n"
+        "the process's peak resident set on CPUs.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("config", help="config file or zoo name")
+    bench.add_argument("--checkpoint", default=None, metavar="FILE", help="weights to load (the timing does not depend on them)")
     bench.add_argument("--train", action="store_true", help="measure training s/iter instead of inference")
     bench.add_argument("--flops", action="store_true",
                        help="count parameters and FLOPs (with inference: achieved GFLOP/s; "
                             "--num-images 0 counts only)")
-    bench.add_argument("--num-images", type=int, default=200, help="timed images per run (default 200)")
-    bench.add_argument("--iters", type=int, default=20, help="--train: timed iterations per run (default 20)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed images / iterations first (default 5)")
-    bench.add_argument("--repeat", type=int, default=1, help="runs; mean and spread are reported (default 1)")
+    bench.add_argument("--num-images", type=int, default=200, metavar="N", help="timed images per run (default 200)")
+    bench.add_argument("--iters", type=int, default=20, metavar="N", help="--train: timed iterations per run (default 20)")
+    bench.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed images / iterations first (default 5)")
+    bench.add_argument("--repeat", type=int, default=1, metavar="N", help="runs; mean and spread are reported (default 1)")
     bench.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), default=None,
                        help="synthetic images of this size (and the FLOPs shape)")
-    bench.add_argument("--batch-size", type=int, default=None,
+    bench.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help="--train: batch size (default the config's); inference: slide crops per forward")
     bench.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                        help="--train: crop size (default the config's)")
@@ -135,8 +147,10 @@ def register(commands) -> None:
     bench.add_argument("--compile", action="store_true", help="torch.compile (compile time shows in warm-up)")
     bench.add_argument("--fused-optimizer", action="store_true", help="--train: fused / foreach optimizer step")
     bench.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on")
-    bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress display")
-    bench.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
+    bench.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
+                       help="override config entries, e.g. model.test_cfg.mode=whole")
+    add_threads_option(bench)
     bench.set_defaults(func=run)

@@ -26,8 +26,8 @@ EXTRAS = {
     "mmseg": ("mmsegmentation", "the MMSegmentation 1.2.2 oracle of the conformance tests"),
 }
 # Environment variables that change what semseg or torch does.
-ENV_VARS = ("SEMSEG_HOME", "SEMSEG_WEIGHTS_MIRROR", "SEMSEG_DEBUG", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "CUDA_VISIBLE_DEVICES")
+ENV_VARS = ("SEMSEG_HOME", "SEMSEG_WEIGHTS_MIRROR", "SEMSEG_DEBUG", "SEMSEG_DIST_TIMEOUT", "SEMSEG_THREADS", "OMP_NUM_THREADS",
+            "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 
 def _version(distribution: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from semseg.cli.common import add_inference_speed_options
+from semseg.cli.common import add_inference_speed_options, add_threads_option, apply_threads
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
                             ".jp2", ".sr", ".ras"})
@@ -268,6 +268,7 @@ def _quiet_opencv() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     import torch
 
     from semseg.apis import classes_and_palette, init_model
@@ -341,4 +342,5 @@ def register(commands) -> None:
     add_inference_speed_options(predict)
     predict.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
                          help="override config entries, e.g. model.test_cfg.mode=slide")
+    add_threads_option(predict)
     predict.set_defaults(func=run)

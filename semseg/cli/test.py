@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from semseg.cli.common import add_inference_speed_options
+from semseg.cli.common import add_inference_speed_options, add_threads_option, apply_threads
 
 EXAMPLES = """\
 examples:
@@ -15,9 +15,15 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from semseg.engine import distributed
     from semseg.engine.testing import run_test
 
+    if args.check_data:
+        from semseg.config import load_config
+        from semseg.data.check import check_config_data
+
+        check_config_data(load_config(args.config, args.cfg_options), ("test_dataloader",))
     try:
         run_test(args.config, args.checkpoint, cfg_options=args.cfg_options, tta=args.tta,
                  show_dir=args.show_dir, out_dir=args.out, device=args.device, work_dir=args.work_dir,
@@ -53,4 +59,8 @@ def register(commands) -> None:
     add_inference_speed_options(test)
     test.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
                       help="override config entries, e.g. model.test_cfg.mode=slide test_dataloader.batch_size=2")
+    test.add_argument("--check-data", action="store_true",
+                      help="read every test file first: report all bad files and a class histogram, and stop if "
+                           "any file is bad")
+    add_threads_option(test)
     test.set_defaults(func=run)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from semseg.build import build
+from semseg.threads import limit_worker_threads
 
 
 def dist_info() -> tuple[int, int]:
@@ -180,7 +181,9 @@ COLLATE_FUNCTIONS = {"pseudo_collate": pseudo_collate, "default_collate": collat
 
 
 def seed_worker(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
-    """Seed Python, NumPy and torch in a loader worker: distinct per (rank, worker), fixed per ``seed``."""
+    """Seed Python, NumPy and torch in a loader worker: distinct per (rank, worker), fixed per ``seed``; one
+    thread per worker (torch's and OpenCV's)."""
+    limit_worker_threads()
     worker_seed = (num_workers * rank + worker_id + seed) % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)

@@ -21,6 +21,7 @@ import types
 import urllib.parse
 import urllib.request
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,12 +35,15 @@ __all__ = [
     "LoadResult",
     "Unpickled",
     "cached_path",
+    "check_integrity",
     "download_checkpoint",
     "file_sha256",
     "load_checkpoint",
     "load_state_dict_file",
+    "remove_partial_writes",
     "save_checkpoint",
     "weights_cache_dir",
+    "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,8 +64,9 @@ class Unpickled:
     """Inert stand-in for an object whose class or function the restricted unpickler does not trust.
 
     The stand-in class for a global ``module.name`` records what the pickle asked of it and runs nothing:
-    calling it (or ``__new__``) gives an instance holding ``args``/``kwargs``; ``__setstate__`` keeps the
-    state in ``state``; dict-like and list-like items land in ``items`` and ``list_items``.
+    calling it (or ``__new__``) gives an instance holding ``args``/``kwargs``, and calling that instance gives
+    another record; ``__setstate__`` keeps the state in ``state``; dict-like and list-like items land in
+    ``items`` and ``list_items``.
     """
 
     name = "?"
@@ -77,6 +82,10 @@ class Unpickled:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Arguments were recorded by ``__new__``; nothing else happens."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Unpickled:
+        """A pickle that calls what a stand-in stands for (``getattr(Path, 'touch')(...)``) gets another record."""
+        return _stand_in(self.name, "()")(*args, **kwargs)
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -339,9 +348,10 @@ def weights_cache_dir() -> Path:
 
 
 def _file_name(url: str) -> str:
+    """The last part of the URL's path; never one that could lead out of the cache folder."""
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    if not name:
-        raise ValueError(f"cannot tell a file name from the URL {url}")
+    if name in ("", ".", "..") or any(c in name for c in "\\/\0"):
+        raise ValueError(f"cannot tell a safe file name from the URL {url} (got {name!r})")
     return name
 
 
@@ -567,10 +577,24 @@ def load_checkpoint(
     return result
 
 
-def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """``torch.save(obj, path)`` atomically: a temporary file in the same directory, then ``os.replace``.
+# save_checkpoint's temporary files: `.<name>.<random>.tmp` beside their target
+_PARTIAL = re.compile(r"^\..+\.pth\.[^.]+\.tmp$")
 
-    A crash or an error while writing leaves any previous file at ``path`` untouched.
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically: a temporary file in the same directory, flushed to disk, then
+    ``os.replace``. The file under ``path`` is always complete: a crash, a kill or an error while writing
+    (a full disk) leaves any previous file at ``path`` untouched, and an error removes the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -582,7 +606,64 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; a checkpoint is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        # a failed write (ENOSPC) inside torch.save surfaces as the RuntimeError of its zip writer's cleanup
+        cause = _os_error_in(error)
+        if cause is not None and cause is not error:
+            raise OSError(cause.errno, cause.strerror or str(cause)) from error
         raise
+    _fsync_dir(path.parent)
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The first ``OSError`` in an exception's chain of causes and contexts."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace a small text file (a pointer such as ``last_checkpoint``) atomically and durably."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`save_checkpoint` leaves when its process is killed while writing
+    (``.<name>.pth.<random>.tmp``); returns them. Call it only while nothing writes to ``directory``."""
+    removed = []
+    for path in sorted(Path(directory).glob(".*.tmp")):
+        if _PARTIAL.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def check_integrity(path: str | Path) -> None:
+    """Raise ``RuntimeError`` if a zip-format checkpoint has a record whose CRC-32 does not match its bytes.
+
+    ``torch.load`` reads a truncated file as an error but a damaged byte inside a tensor as a silently wrong
+    weight; the zip container holds a CRC-32 per record, checked here (one extra read of the file).
+    """
+    path = Path(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # the legacy format has no checksums; torch.load judges it
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise RuntimeError(f"cannot read checkpoint {path}: {e} (truncated or corrupt file?)") from e
+    if bad is not None:
+        raise RuntimeError(f"checkpoint {path} is corrupt: its record {bad} fails its CRC-32 check")

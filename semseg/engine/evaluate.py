@@ -11,12 +11,20 @@ from semseg.models.inference import predict_views
 
 
 def build_eval_loader(dataloader_cfg: dict, seed: int = 0):
-    """A loader for evaluation: in order, and each image on exactly one process (no padding of the last
-    shard, which would count images twice in the metric's sums)."""
+    """A loader for evaluation that serves every image exactly once over all processes, in order.
+
+    The config's sampler is replaced by an unshuffled ``DefaultSampler(round_up=False)``: process r takes
+    images r, r + world_size, ... and, when the dataset size does not divide by the number of processes,
+    the last ones get one image fewer (MMEngine's default sampler instead pads the last round by repeating
+    images). ``drop_last`` is off. So the counts that ``IoUMetric.all_reduce`` sums are those of one process
+    scoring the whole set (an ``InfiniteSampler`` or ``drop_last`` in a val config would never end or
+    would leave images out).
+    """
     from semseg.data.loader import build_dataloader
 
     cfg = dict(dataloader_cfg)
-    cfg["sampler"] = {**(cfg.get("sampler") or {"type": "DefaultSampler"}), "shuffle": False, "round_up": False}
+    cfg["sampler"] = {"type": "DefaultSampler", "shuffle": False, "round_up": False}
+    cfg["drop_last"] = False
     return build_dataloader(cfg, seed=seed)
 
 

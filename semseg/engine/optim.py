@@ -322,6 +322,7 @@ class AmpOptimWrapper(OptimWrapper):
         self.cast_dtype = dtype
         self.fixed_scale = None
         self.loss_scaler = None
+        self.skipped_steps = 0  # float16: optimizer steps the loss scaler skipped for inf/NaN gradients
         if dtype != torch.float16:
             return
         if loss_scale == "dynamic":
@@ -353,6 +354,10 @@ class AmpOptimWrapper(OptimWrapper):
             self.loss_scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             self._clip_grad()
         self.loss_scaler.step(self.optimizer)  # skipped when the gradients hold inf/NaN
+        # GradScaler.step has read these flags on the host already (no extra synchronization); update() clears them
+        found_inf = self.loss_scaler._found_inf_per_device(self.optimizer)
+        if any(bool(flag) for flag in found_inf.values()):
+            self.skipped_steps += 1
         self.loss_scaler.update(self.fixed_scale)
 
     @contextlib.contextmanager

@@ -9,21 +9,31 @@ position in the stream, so a resumed run ends with the same weights as one that 
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import cv2
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from semseg import threads
 from semseg.build import build
 from semseg.config import Config
+from semseg.config_check import check_config
 from semseg.data.loader import build_train_stream
 from semseg.engine import distributed
-from semseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from semseg.engine.checkpoint import (
+    check_integrity,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    write_text_atomic,
+)
 from semseg.engine.evaluate import build_eval_loader, build_metric, evaluate
 from semseg.engine.logging import Progress, RunLogger, memory_mb
 from semseg.engine.optim import build_optim_wrapper
@@ -92,15 +102,57 @@ def apply_env_cfg(env_cfg: dict) -> None:
         torch.multiprocessing.set_start_method(method)
 
 
-def latest_checkpoint(work_dir: Path) -> Path | None:
-    """The checkpoint ``last_checkpoint`` points to, else the highest ``iter_N.pth``."""
+def resume_candidates(work_dir: Path) -> list[Path]:
+    """Checkpoints to resume from, newest (highest iteration) first: the work dir's ``iter_N.pth`` files and
+    the one ``last_checkpoint`` names. The pointer is written after its checkpoint, so a run killed between
+    the two leaves it one checkpoint behind: the iteration in the name decides, not the pointer."""
+    found = {path.resolve(): (n, path) for n, path in iter_checkpoints(work_dir)}
     pointer = work_dir / "last_checkpoint"
     if pointer.is_file():
-        path = Path(pointer.read_text().strip())
-        if path.is_file():
-            return path
-    found = iter_checkpoints(work_dir)
-    return found[-1][1] if found else None
+        target = Path(pointer.read_text().strip())
+        match = CHECKPOINT_PATTERN.search(target.name)
+        if match and target.is_file():
+            found.setdefault(target.resolve(), (int(match.group(1)), target))
+    return [path for _, path in sorted(found.values(), key=lambda item: item[0], reverse=True)]
+
+
+def read_training_checkpoint(path: Path) -> dict:
+    """A checkpoint :meth:`Trainer.state` wrote, checked whole (zip CRCs) and read with ``weights_only``.
+
+    Raises:
+        RuntimeError: the file is truncated, damaged or holds anything but tensors and plain containers.
+        KeyError: it is a weights file, not a training checkpoint.
+    """
+    if path.is_file() and path.stat().st_size == 0:
+        raise RuntimeError(f"checkpoint {path} is empty (0 bytes)")
+    check_integrity(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message goes on to suggest weights_only=False: the one thing not to do with this file
+        named = re.search(r"GLOBAL (\S+)", str(error))
+        if named is None:
+            raise RuntimeError(f"cannot read checkpoint {path} to resume from: it is not a file torch.save wrote "
+                               "(truncated or corrupt?)") from error
+        raise RuntimeError(f"checkpoint {path} holds more than tensors and plain containers, so it was not "
+                           f"unpickled (a semseg checkpoint never does; it could run code): it names the global "
+                           f"{named.group(1)}") from error
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(f"cannot read checkpoint {path} to resume from: {first}") from error
+    missing = [k for k in ("state_dict", "optimizer", "param_schedulers", "meta", "rng")
+               if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise KeyError(f"{path} is not a semseg training checkpoint (it has no {', '.join(missing)}): to start "
+                       "from its weights, set load_from to it without resuming")
+    return checkpoint
+
+
+def _loss_terms(names: list[str], values: list[float], extra: str = "") -> str:
+    """`` (decode.loss_ce=nan, aux.loss_ce=0.41, ...; non-finite: decode.loss_ce<extra>)``."""
+    bad = [name for name, value in zip(names, values, strict=True) if not np.isfinite(value)]
+    every = ", ".join(f"{name}={value:.4g}" for name, value in zip(names, values, strict=True))
+    return f" ({every}" + (f"; non-finite: {', '.join(bad)}" if bad else "") + f"{extra})"
 
 
 def iter_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
@@ -115,8 +167,9 @@ class Trainer:
         cfg: the resolved config (``model``, ``train_dataloader``, ``optim_wrapper``, ``param_scheduler``,
             ``train_cfg``, ``default_hooks``, ``randomness``, ``load_from``, ``resume``, ...).
         work_dir: where checkpoints, logs and the dumped config go.
-        resume: ``True`` resumes from the latest checkpoint in ``work_dir`` (if any); a path resumes
-            from that checkpoint.
+        resume: ``True`` resumes from the newest complete checkpoint in ``work_dir`` (if any): one that
+            fails to read or its CRC check is reported and the one before it is used; a path resumes from
+            that checkpoint.
         amp: mixed precision (float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs).
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``; default: CUDA when available (under torchrun, the local GPU).
 
@@ -135,6 +188,15 @@ class Trainer:
         compile: ``torch.compile`` the training forward (``True``, or a dict of ``torch.compile``
             keyword arguments such as ``dict(mode='max-autotune')``). The first iteration, which
             compiles, is logged on its own and left out of the iteration time.
+
+    Faults: every checkpoint is written to a temporary file, flushed and renamed, so a kill at any moment
+    leaves only complete checkpoints under their names (and a temporary file, removed on resume).
+    A checkpoint that cannot be written (a full disk) stops training with an ``OSError`` naming it and the
+    previous checkpoint, which is left intact: stopping costs at most the iterations since that checkpoint,
+    while training on without checkpoints could lose all of them when the run ends. A non-finite loss
+    stops training naming the iteration and the loss terms; weights that are not finite are never saved,
+    so the last checkpoint written is one whose losses were finite. With float16 AMP, steps the loss scaler
+    skips (inf/NaN gradients) are not faults: each is logged, and their count is in the train log records.
     """
 
     def __init__(self, cfg: Config, work_dir: str | Path, resume: bool | str | Path = False, amp: bool = False,
@@ -147,9 +209,12 @@ class Trainer:
             resume = cfg.get("load_from") or True
         self.resume = resume
         self.amp = amp
-        self.rank, self.world_size, self.device = distributed.init_distributed(device)
+        self.rank, self.world_size, self.device = distributed.init_distributed(
+            device, dist_cfg=(cfg.get("env_cfg") or {}).get("dist_cfg"))
         self.is_main = self.rank == 0
         self.logger = RunLogger(self.work_dir, enabled=self.is_main)
+        for note in check_config(cfg, training=True, world_size=self.world_size, amp=amp):
+            self.logger.info(note)
 
         apply_env_cfg(cfg.get("env_cfg") or {})
         randomness = cfg.get("randomness") or {}
@@ -204,6 +269,8 @@ class Trainer:
         self.best_score: float | None = None
         self.best_path: Path | None = None
         self.last_good: Path | None = None
+        self.skipped_steps = 0  # float16 AMP: optimizer steps the loss scaler skipped (inf/NaN gradients)
+        self._scaler_skips = 0  # the optimizer wrapper's count when last looked at
         self.val_loader = None
         self.last_scores: dict | None = None
         self.dataset_meta: dict | None = None
@@ -214,23 +281,17 @@ class Trainer:
         return {
             "meta": {"iter": self.iter, "seed": self.seed, "best_score": self.best_score,
                      "best_path": str(self.best_path) if self.best_path else None,
-                     "dataset_meta": self.dataset_meta},
+                     "dataset_meta": self.dataset_meta, "amp_skipped_steps": self.skipped_steps},
             "state_dict": self.module.state_dict(),
             "optimizer": self.optim_wrapper.state_dict(),
             "param_schedulers": self.schedulers.state_dict(),
             "rng": distributed.all_gather_object(rng_state()),  # one entry per rank
         }
 
-    def load_state(self, path: Path) -> None:
-        """Continue from a checkpoint :meth:`state` wrote."""
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise RuntimeError(f"cannot read checkpoint {path} to resume from: {error}") from error
-        missing = [k for k in ("state_dict", "optimizer", "param_schedulers", "meta", "rng") if k not in checkpoint]
-        if missing:
-            raise KeyError(f"{path} is not a semseg training checkpoint (it has no {', '.join(missing)}): to start "
-                           "from its weights, set load_from to it without resuming")
+    def load_state(self, path: Path, checkpoint: dict | None = None) -> None:
+        """Continue from a checkpoint :meth:`state` wrote (``checkpoint``: its contents, if already read)."""
+        if checkpoint is None:
+            checkpoint = read_training_checkpoint(path)
         self.module.load_state_dict(checkpoint["state_dict"])
         self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
         self.schedulers.load_state_dict(checkpoint["param_schedulers"])
@@ -239,6 +300,7 @@ class Trainer:
         self.seed = int(meta["seed"])
         self.best_score = meta.get("best_score")
         self.best_path = Path(meta["best_path"]) if meta.get("best_path") else None
+        self.skipped_steps = int(meta.get("amp_skipped_steps", 0))
         states = checkpoint["rng"]
         if len(states) != self.world_size:
             self.logger.info(f"resuming on {self.world_size} process(es) from a run on {len(states)}: random "
@@ -247,38 +309,69 @@ class Trainer:
         self.last_good = path
 
     def save(self) -> Path:
-        """Write ``iter_N.pth`` atomically, point ``last_checkpoint`` at it, drop the oldest beyond
-        ``max_keep_ckpts``."""
+        """Write ``iter_N.pth`` atomically, point ``last_checkpoint`` at it, then drop the oldest beyond
+        ``max_keep_ckpts`` (only once the new one is complete)."""
         path = self.work_dir / f"iter_{self.iter}.pth"
-        state = self.state()
+        state = self._checkpoint_state()
+        error = None
         if self.is_main:
-            save_checkpoint(state, path)
-            tmp = self.work_dir / "last_checkpoint.tmp"
-            tmp.write_text(str(path.resolve()))
-            tmp.replace(self.work_dir / "last_checkpoint")
-            if self.max_keep_ckpts > 0:
-                for _, old in iter_checkpoints(self.work_dir)[:-self.max_keep_ckpts]:
-                    old.unlink(missing_ok=True)
-        distributed.barrier()
+            try:
+                save_checkpoint(state, path)
+            except OSError as e:
+                error = self._write_error(path, e)
+            else:
+                try:
+                    write_text_atomic(self.work_dir / "last_checkpoint", str(path.resolve()))
+                except OSError as e:  # --resume goes by the names of the checkpoints, not by this pointer
+                    self.logger.info(f"warning: {path} is written, but last_checkpoint could not be updated: {e}")
+                if self.max_keep_ckpts > 0:
+                    for _, old in iter_checkpoints(self.work_dir)[:-self.max_keep_ckpts]:
+                        old.unlink(missing_ok=True)
+        self._raise_write_error(error)  # every process stops (no barrier left waiting for rank 0)
         self.last_good = path
         return path
+
+    def _checkpoint_state(self) -> dict:
+        """:meth:`state`, after checking that the weights are finite: a checkpoint is never written with weights
+        spoilt under a finite loss (a diverging run's BatchNorm statistics overflow before its loss does; an
+        inf gradient spoils parameters the loss of the same iteration did not see)."""
+        tensors = {k: v for k, v in self.module.state_dict().items() if v.is_floating_point()}
+        finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()])
+        # every process learns of it (buffers may differ between processes), so that none waits in state()
+        if distributed.all_reduce_sum((~finite).sum().float()) > 0:
+            bad = [k for k, ok in zip(tensors, finite.tolist(), strict=True) if not ok]
+            named = f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}" if bad else "on another process"
+            kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
+            message = (f"weights became non-finite at iteration {self.iter} ({named}) while the loss was still "
+                       f"finite (diverging training, or inf/NaN gradients); no checkpoint written, training "
+                       f"stopped{kept}")
+            self.logger.info(message)
+            raise FloatingPointError(message)
+        return self.state()
+
+    def _write_error(self, path: Path, error: OSError) -> str:
+        """The message for a checkpoint that could not be written (logged on rank 0)."""
+        kept = (f"the previous checkpoint {self.last_good} is intact" if self.last_good
+                else "no earlier checkpoint of this run exists")
+        message = (f"cannot write checkpoint {path}: {error.strerror or error}; nothing was written under its "
+                   f"name and {kept}. Training stopped at iteration {self.iter}: free space (or fix the work dir) "
+                   "and continue with --resume")
+        self.logger.info(message)
+        return message
+
+    def _raise_write_error(self, error: str | None) -> None:
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise OSError(error)
 
     # ------------------------------------------------------------------------------------------------ loop
     def _start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             self.cfg.dump(self.work_dir / (Path(self.cfg.filename).name if self.cfg.filename else "config.py"))
-        resume_from = None
-        if self.resume:
-            # rank 0 decides, so that every process continues from the same checkpoint
-            chosen = latest_checkpoint(self.work_dir) if self.resume is True else Path(self.resume)
-            resume_from = distributed.broadcast_object(None if chosen is None else str(chosen))
-            resume_from = None if resume_from is None else Path(resume_from)
-            if resume_from is not None and not resume_from.is_file():
-                shared = " (resuming on several machines needs a shared work dir)" if self.world_size > 1 else ""
-                raise FileNotFoundError(f"checkpoint to resume from not found: {resume_from}{shared}")
+        resume_from, checkpoint = self._choose_resume() if self.resume else (None, None)
         if resume_from is not None:
-            self.load_state(resume_from)
+            self.load_state(resume_from, checkpoint)
             self.logger.info(f"resumed from {resume_from} at iteration {self.iter}")
         elif self.cfg.get("load_from"):
             load_checkpoint(self.module, self.cfg.load_from, strict=False)
@@ -295,6 +388,52 @@ class Trainer:
         if self.compile is not False:
             self.model = torch.compile(self.model, **(self.compile if isinstance(self.compile, dict) else {}))
 
+    def _choose_resume(self) -> tuple[Path | None, dict | None]:
+        """The checkpoint to resume from (rank 0 decides, so that every process continues from the same one)
+        and, on rank 0, its contents; ``(None, None)`` when the work dir has none.
+
+        ``resume=True`` takes the newest checkpoint that reads whole; each newer one that does not is reported.
+        """
+        chosen = checkpoint = problem = None
+        if self.is_main:
+            removed = remove_partial_writes(self.work_dir)
+            if removed:
+                self.logger.info(f"removed {len(removed)} partly written checkpoint file(s) an interrupted run left: "
+                                 + ", ".join(p.name for p in removed))
+            if self.resume is not True:
+                chosen = Path(self.resume)
+            else:
+                candidates = resume_candidates(self.work_dir)
+                unreadable = []
+                for path in candidates:
+                    try:
+                        checkpoint = read_training_checkpoint(path)
+                    except (RuntimeError, KeyError) as error:
+                        reason = error.args[0] if isinstance(error, KeyError) else str(error)
+                        unreadable.append(f"{path.name} ({reason})")
+                        self.logger.info(f"warning: {reason}; trying the checkpoint before it")
+                        continue
+                    chosen = path
+                    break
+                if candidates and chosen is None:
+                    problem = (f"no checkpoint in {self.work_dir} can be resumed from: {'; '.join(unreadable)}. "
+                               "Move them away to train from the start")
+                elif chosen is None:
+                    self.logger.info(f"no checkpoint in {self.work_dir} to resume from: training from the start")
+                else:
+                    self.logger.info(f"resuming from {chosen}, the newest complete checkpoint"
+                                     + (f" ({len(unreadable)} newer one(s) unreadable)" if unreadable else ""))
+        chosen, problem = distributed.broadcast_object((None if chosen is None else str(chosen), problem))
+        if problem is not None:
+            raise RuntimeError(problem)
+        if chosen is None:
+            return None, None
+        chosen = Path(chosen)
+        if not chosen.is_file():
+            shared = " (resuming on several machines needs a shared work dir)" if self.world_size > 1 else ""
+            raise FileNotFoundError(f"checkpoint to resume from not found: {chosen}{shared}")
+        return chosen, checkpoint
+
     def train(self) -> torch.nn.Module:
         """Run until ``max_iters``; returns the (unwrapped) model."""
         self._start()
@@ -310,6 +449,8 @@ class Trainer:
         self.optim_wrapper.initialize_count_status(self.iter, self.max_iters)
         progress = Progress(self.iter, self.max_iters)
         self.logger.info(f"training {self.max_iters} iterations on {self.world_size} process(es), device {self.device}")
+        if threads.chosen():
+            self.logger.info(threads.chosen())
         self.model.train()
         try:
             self._loop(batches, progress)
@@ -341,6 +482,7 @@ class Trainer:
             lr = self.optim_wrapper.get_lr()["lr"][0]  # the rate this iteration trained at (mmengine logs it)
             self.schedulers.step()
             self.iter += 1
+            self._count_skipped_step()
             progress.mark_iter()
             log_now = self.iter % self.log_interval == 0 or self.iter == self.max_iters
             validate_now = self.iter % self.val_interval == 0 or self.iter == self.max_iters
@@ -386,10 +528,11 @@ class Trainer:
         One host-device synchronization (the loss's finiteness summed over processes)."""
         non_finite = distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float())
         if non_finite > 0:
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
-            cause = f"loss became {loss.item()}" if not torch.isfinite(loss) else "another process's loss became non-finite"
-            raise FloatingPointError(f"{cause} at iteration {self.iter + 1} ({terms}); training stopped{kept}")
+            if torch.isfinite(loss):
+                self._non_finite_stop(f"another process's loss became non-finite at iteration {self.iter + 1}")
+            values = torch.stack([v.detach().float() for v in losses.values()]).tolist()
+            self._non_finite_stop(f"loss became {loss.item()} at iteration {self.iter + 1}"
+                                  + _loss_terms(list(losses), values))
 
     def _note_non_finite(self, losses: dict, loss: torch.Tensor) -> None:
         """Remember on the device the first iteration whose loss is non-finite, with its values; no sync."""
@@ -410,15 +553,20 @@ class Trainer:
             return
         mine = int(self._bad_iter)
         firsts = [i for i in distributed.all_gather_object(mine) if i > 0]
-        kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
-        found = f"found at iteration {self.iter} (check_finite_every={self.check_finite_every})"
+        found = f"; found at iteration {self.iter} (check_finite_every={self.check_finite_every})"
         if mine:
             total, *terms = self._bad_values.tolist()
-            named = ", ".join(f"{k}={v:.4g}" for k, v in zip(self._loss_names, terms, strict=True))
-            raise FloatingPointError(f"loss became {total} at iteration {mine} ({named}; {found}); "
-                                     f"training stopped{kept}")
-        raise FloatingPointError(f"another process's loss became non-finite at iteration {min(firsts)} ({found}); "
-                                 f"training stopped{kept}")
+            self._non_finite_stop(f"loss became {total} at iteration {mine}"
+                                  + _loss_terms(self._loss_names, terms, found))
+        self._non_finite_stop(f"another process's loss became non-finite at iteration {min(firsts)} ({found[2:]})")
+
+    def _non_finite_stop(self, cause: str) -> NoReturn:
+        """Log and raise the error that ends a run whose loss became non-finite, naming the checkpoint kept."""
+        kept = (f"; the last good checkpoint is {self.last_good}" if self.last_good
+                else "; no checkpoint was written before it")
+        message = f"{cause}; training stopped{kept}"
+        self.logger.info(message)
+        raise FloatingPointError(message)
 
     def _check_labels(self, batch: dict) -> None:
         """Label values must be classes or ``ignore_index``; name the file of any that is not."""
@@ -431,11 +579,24 @@ class Trainer:
                 raise ValueError(f"label map {source} has values {values} outside the {num_classes} classes "
                                  f"(0..{num_classes - 1}) and ignore_index {ignore_index}")
 
+    def _count_skipped_step(self) -> None:
+        """float16 AMP: note and log an optimizer step the loss scaler skipped (inf/NaN gradients)."""
+        skipped = getattr(self.optim_wrapper, "skipped_steps", 0)
+        if skipped == self._scaler_skips:
+            return
+        self.skipped_steps += skipped - self._scaler_skips
+        self._scaler_skips = skipped
+        scale = self.optim_wrapper.loss_scaler.get_scale()
+        self.logger.info(f"iteration {self.iter}: float16 gradients held inf/NaN, the optimizer step was skipped and "
+                         f"the loss scale lowered to {scale:g} ({self.skipped_steps} step(s) skipped in this run)")
+
     def _log_train(self, losses: dict, progress: Progress, lr: float) -> None:
         # one host-device synchronization for all the values
-        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist(), strict=True))
+        values = distributed.mean_over_processes(losses)  # keys agreed by name: a rank's extra key cannot block
         record = {"lr": lr, **values, "time": progress.time_per_iter, "data_time": progress.data_time,
                   "memory": memory_mb(self.device)}
+        if getattr(self.optim_wrapper, "loss_scaler", None) is not None:
+            record.update(loss_scale=self.optim_wrapper.loss_scaler.get_scale(), skipped_steps=self.skipped_steps)
         self.logger.record("train", self.iter, record)
         terms = "  ".join(f"{k}: {v:.4f}" for k, v in values.items())
         self.logger.info(f"Iter(train) [{self.iter:>{len(str(self.max_iters))}}/{self.max_iters}]  lr: {lr:.4e}  "
@@ -477,11 +638,16 @@ class Trainer:
                 previous = self.best_path
                 self.best_score = score
                 self.best_path = self.work_dir / f"best_{key}_iter_{self.iter}.pth"
-                state = self.state()
+                state = self._checkpoint_state()
+                error = None
                 if self.is_main:
-                    save_checkpoint(state, self.best_path)
-                    if previous is not None and previous != self.best_path:
+                    try:
+                        save_checkpoint(state, self.best_path)
+                    except OSError as e:
+                        error = self._write_error(self.best_path, e)
+                    if error is None and previous is not None and previous != self.best_path:
                         previous.unlink(missing_ok=True)
+                self._raise_write_error(error)
                 self.logger.info(f"best {key} {score:.2f} at iteration {self.iter}")
         self.last_scores = summary
         self.model.train()

@@ -9,7 +9,8 @@ Also the precision names (``'fp32'``, ``'bf16'``, ``'fp16'``) and the autocast c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,13 @@ from semseg.nn import resize
 # a batched convolution may round differently from MMSegmentation's crop-by-crop one (PSANet: 2.6e-3 on
 # logits of 950, over the conformance tolerance), so the default stays 1: the exact window-by-window loop.
 DEFAULT_SLIDE_BATCH_SIZE = 1
+
+log = logging.getLogger(__name__)
+
+# Crop of the whole-inference fallback when neither test_cfg nor the data preprocessor names one.
+DEFAULT_FALLBACK_CROP = (512, 512)
+# How an allocator says it ran out: CUDA's OutOfMemoryError, and the CPU allocator's RuntimeErrors.
+_OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory")
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,6 +59,62 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
 def whole_inference(model, x: torch.Tensor) -> torch.Tensor:
     """One forward pass over the whole image."""
     return model.encode_decode(x)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator running out of memory (CUDA, or the CPU's DefaultCPUAllocator)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY)
+
+
+def fallback_window(model, test_cfg: Mapping) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Crop and stride of the slide inference that replaces whole inference: ``test_cfg``'s ``crop_size``
+    and ``stride`` when it has them, else the size the data preprocessor pads training crops to, else
+    :data:`DEFAULT_FALLBACK_CROP`; the stride defaults to two thirds of the crop (MMSegmentation's 512/341)."""
+    crop = test_cfg.get("crop_size") or getattr(getattr(model, "data_preprocessor", None), "size", None) \
+        or DEFAULT_FALLBACK_CROP
+    crop_h, crop_w = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
+    stride = test_cfg.get("stride") or (crop_h - crop_h // 3, crop_w - crop_w // 3)
+    stride_h, stride_w = (stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[1]))
+    return (crop_h, crop_w), (stride_h, stride_w)
+
+
+def whole_or_slide(model, x: torch.Tensor, test_cfg: Mapping) -> torch.Tensor:
+    """Whole inference, falling back to slide inference (with a logged message) where ``test_cfg`` asks:
+
+    - ``max_whole_pixels``: a forward pass over more pixels (batch x height x width) than this is not
+      tried: an estimate of the memory from the input's size, set from what fits on the device;
+    - ``fallback_slide=True``: whole inference that runs out of memory (``torch.OutOfMemoryError`` on
+      CUDA, the CPU allocator's "not enough memory") is done again by slide inference.
+
+    The slide's crop and stride are :func:`fallback_window`'s. Without either key this is
+    :func:`whole_inference`.
+    """
+    batch, _, height, width = x.shape
+    limit = test_cfg.get("max_whole_pixels")
+    if limit is not None and batch * height * width > limit:
+        reason = f"{batch} x {height} x {width} input pixels are over max_whole_pixels={limit}"
+    elif not test_cfg.get("fallback_slide", False):
+        return whole_inference(model, x)
+    else:
+        try:
+            return whole_inference(model, x)
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(error):
+                raise
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = message[message.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in message else message
+            reason = f"whole inference on {batch} x {height} x {width} ran out of memory ({message[:160]})"
+        # out of the except block: the error's frames (and the tensors they hold) are released by now
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+    crop, stride = fallback_window(model, test_cfg)
+    log.warning("%s: falling back to slide inference (crop %s, stride %s)", reason, crop, stride)
+    return slide_inference(model, x, crop, stride,
+                           batch_size=test_cfg.get("batch_size", DEFAULT_SLIDE_BATCH_SIZE),
+                           accumulate_device=test_cfg.get("accumulate_device"),
+                           accumulate_dtype=test_cfg.get("accumulate_dtype"))
 
 
 def slide_windows(height: int, width: int, crop: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:

@@ -9,6 +9,12 @@ Each sample's info dict (``img_path``, ``seg_map_path``, ``label_map``, ``reduce
 ``seg_fields``, ``sample_idx``) goes through the pipeline (``LoadImageFromFile``, ``LoadAnnotations``, ...).
 A subset of the class names in ``metainfo`` builds a ``label_map`` (old id -> new id, 255 for dropped
 classes) that ``LoadAnnotations`` applies.
+
+Bad data is found early: listing the files reports images without label maps (an error) and, for a folder
+scan, label maps without images (a warning); each sample's label map is checked as it loads (size,
+channels, and outside ``test_mode`` values: ``__getitem__`` adds a ``LabelSpec`` of the classes and
+``ignore_index`` to the results as ``label_spec``; ``get_data_info`` stays MMSegmentation's), and any failure
+of a sample's pipeline is raised as ``SampleError`` naming the sample's files, also from a data-loader worker. ``semseg.data.check.check_dataset`` scans every file at once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,8 +31,30 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from semseg.data.transforms import Compose
+from semseg.data.transforms.loading import DataError, LabelSpec
 
 PathLike = str | os.PathLike
+
+
+class SampleError(DataError):
+    """A sample whose loading failed, named by its index and files; the cause is chained (``__cause__``).
+
+    Raised again by a ``DataLoader`` worker, it arrives rebuilt from the worker's formatted traceback: the
+    message is then the original one-line message, and the worker's traceback is kept as a note (shown
+    with the traceback, not in ``str``), so that the first line a user reads names the file.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        worker = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.\nOriginal ", message)
+        note = None
+        if worker:
+            tag = f"{type(self).__module__}.{type(self).__qualname__}: "
+            start = message.rfind(tag)
+            note = "traceback in the " + message[worker.end():].strip()
+            message = (message[start + len(tag):].strip() if start >= 0 else message) + f" (in {worker.group(1)})"
+        super().__init__(message, path, "sample")
+        if note:
+            self.add_note(note)
 
 
 def scan_files(folder: str, suffix: str) -> list[str]:
@@ -126,6 +156,9 @@ class BaseSegDataset(Dataset):
         self.label_map = self.get_label_map(self._metainfo.get("classes"))
         self._metainfo.update(label_map=self.label_map, reduce_zero_label=self.reduce_zero_label)
         self._metainfo["palette"] = self._palette()
+        classes = self._metainfo.get("classes")
+        self.label_spec = LabelSpec(len(classes), ignore_index, tuple(tuple(c) for c in self._metainfo["palette"])) \
+            if classes else None
 
         self.data_root = os.fspath(data_root) if data_root is not None else None
         self.ann_file = os.fspath(ann_file)
@@ -252,7 +285,30 @@ class BaseSegDataset(Dataset):
         if ann_dir is not None:
             self._check_exist([info["seg_map_path"] for info in data_list], "label map", ann_dir,
                               self.seg_map_suffix)
+            if not from_split:
+                self._warn_orphans(data_list, ann_dir)
         return data_list
+
+    def labels_without_images(self, data_list: list[dict] | None = None) -> list[str]:
+        """Label maps under ``seg_map_path`` (ending in ``seg_map_suffix``) that no listed image pairs with.
+
+        Only meaningful for a folder scan: a split file lists a subset on purpose."""
+        ann_dir = self.data_prefix.get("seg_map_path")
+        if ann_dir is None or not os.path.isdir(ann_dir):
+            return []
+        if data_list is None:
+            data_list = [self.get_data_info(i) for i in range(len(self))]
+        paired = {os.path.normpath(info["seg_map_path"]) for info in data_list if "seg_map_path" in info}
+        found = (os.path.join(ann_dir, path) for path in scan_files(ann_dir, self.seg_map_suffix))
+        return sorted(path for path in found if os.path.normpath(path) not in paired)
+
+    def _warn_orphans(self, data_list: list[dict], ann_dir: str) -> None:
+        orphans = self.labels_without_images(data_list)
+        if orphans:
+            shown = ", ".join(repr(p) for p in orphans[:3]) + (", ..." if len(orphans) > 3 else "")
+            warnings.warn(f"{type(self).__name__}: {len(orphans)} label maps in {ann_dir!r} have no image in "
+                          f"{self.data_prefix['img_path']!r} (suffix {self.img_suffix!r}): {shown}", UserWarning,
+                          stacklevel=3)
 
     def _check_exist(self, paths: list[str], what: str, folder: str, suffix: str) -> None:
         missing = [p for p in paths if not os.path.isfile(p)]
@@ -283,9 +339,15 @@ class BaseSegDataset(Dataset):
         return info
 
     def __getitem__(self, idx: int) -> Any:
-        """Sample ``idx`` through the pipeline; a None result draws another sample (training only)."""
+        """Sample ``idx`` through the pipeline; a None result draws another sample (training only).
+
+        A failing pipeline raises ``SampleError`` naming the sample's files (the cause chained)."""
         for _ in range(self.max_refetch + 1):
-            data = self.pipeline(self.get_data_info(idx))
+            info = self.get_data_info(idx)
+            # evaluation keeps MMSegmentation's rule (a value outside the classes counts in no class); training
+            # stops on it
+            info["label_spec"] = None if self.test_mode else self.label_spec
+            data = self._run_pipeline(info)
             if data is not None:
                 return data
             if self.test_mode:
@@ -293,3 +355,15 @@ class BaseSegDataset(Dataset):
             idx = int(np.random.randint(0, len(self)))
         raise RuntimeError(f"{type(self).__name__}: no valid sample after {self.max_refetch} retries; "
                            "check the image paths and the pipeline")
+
+    def _run_pipeline(self, info: dict) -> Any:
+        try:
+            return self.pipeline(info)
+        except Exception as error:
+            name = f"{type(self).__name__} sample {info['sample_idx']}"
+            if isinstance(error, DataError) and error.path:
+                message = f"{name}: {error}"
+            else:
+                files = ", ".join(f"{key} {info[key]}" for key in ("img_path", "seg_map_path") if info.get(key))
+                message = f"{name} ({files}): {type(error).__name__}: {error}"
+            raise SampleError(message, getattr(error, "path", None) or info.get("img_path")) from error

@@ -144,6 +144,13 @@ def inference_rows(label: str, name: str, tmp: Path, repeats: int, count: int) -
     flops = model_complexity(exact, x).flops
     rows = [interleave(Row(f"{label} whole, fp32 (exact)", flops=flops),
                        lambda: predict(exact, x), lambda: oracle_predict(oracle, x), repeats, count)]
+    onednn = ours(name, path, onednn=True, fuse=True, inference_mode=True)
+    with torch.no_grad():
+        logits = exact.inference(x)
+        relative = ((onednn.inference(x) - logits).abs().max() / logits.abs().max()).item()
+    rows.append(interleave(Row(f"{label} whole, fp32 oneDNN prepacked + blocked layout, fused", flops=flops,
+                               note=f"logits within {relative:.1e} of the exact ones (relative)"),
+                           lambda: predict(onednn, x), lambda: oracle_predict(oracle, x), repeats, count))
     fused = ours(name, path, fuse=True, channels_last=True, inference_mode=True)
     rows.append(interleave(Row(f"{label} whole, fp32 fused + channels-last", flops=flops),
                            lambda: predict(fused, x), lambda: oracle_predict(oracle, x), repeats, count))
@@ -171,8 +178,9 @@ def slide_rows(name: str, tmp: Path, repeats: int) -> list[Row]:
     oracle.test_cfg.update(slide)
     x = torch.randn(1, 3, *SLIDE_SHAPE, generator=torch.Generator().manual_seed(0))
     rows = []
-    for what, batch in (("crop by crop", 1), ("batched crops (batch_size=4)", 4)):
-        model = ours(name, path, test_cfg=slide)
+    for what, batch, onednn in (("crop by crop", 1, False), ("batched crops (batch_size=4)", 4, False),
+                                ("crop by crop, oneDNN", 1, True)):
+        model = ours(name, path, test_cfg=slide, onednn=onednn)
         model.test_cfg["batch_size"] = batch
         rows.append(interleave(Row(f"PSPNet slide {SLIDE_SHAPE[1]}x{SLIDE_SHAPE[0]}, crops "
                                    f"{SLIDE_CROP[1]}x{SLIDE_CROP[0]}, fp32 {what}"),

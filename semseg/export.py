@@ -31,7 +31,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,9 @@ __all__ = [
     "export_program",
     "export_torchscript",
 ]
+
+# ``progress(step)`` hears each long step of an export before it starts (``semseg export`` shows them)
+ProgressCallback = Callable[[str], None]
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
@@ -406,6 +409,7 @@ def export_onnx(
     input_order: str = "bgr",
     slide_in_graph: bool = False,
     dynamo: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Export ``model`` (eval mode) to an ONNX file at ``path``; returns what was written.
 
@@ -418,6 +422,7 @@ def export_onnx(
         with_preprocess, input_order: see :class:`ExportedSegmentor`.
         slide_in_graph: tile inside the graph (static shape; slide-mode configs only).
         dynamo: use torch's dynamo-based exporter (slower) instead of the TorchScript-based one.
+        progress: called with a short description of each step (tracing, checking, comparing) before it runs.
 
     The file's metadata (key ``'semseg'``, JSON) holds the mode, crop size and stride, class names and
     palette, the preprocessing and the dynamic axes, for :class:`OnnxSegmentor`.
@@ -430,6 +435,7 @@ def export_onnx(
     requested = _shape_args(model, shape, batch)
     traced, kept = requested, ()
     for axes, trace_shape in _attempts(requested, dynamic, slide_in_graph):
+        _report(progress, f"tracing at {_shape_name(trace_shape)}, dynamic axes: {', '.join(axes) or 'none'}")
         try:
             with _quiet_stderr():
                 _trace_onnx(wrapper, _example(wrapper, *trace_shape), path, axes, opset, dynamo)
@@ -438,22 +444,32 @@ def export_onnx(
                 raise
             continue
         other = requested if trace_shape != requested else _probe_shape(requested, axes)
+        if axes:
+            _report(progress, f"checking the dynamic axes with onnxruntime at {_shape_name(other)}")
         if not axes or _onnx_agrees(path, wrapper, other) is not None:
             traced, kept = trace_shape, axes
             break
     multiple = 1
+    if "height" in kept:
+        _report(progress, f"checking a size off the multiples of 32: {_shape_name(_probe_shape(traced, kept, False))}")
     if "height" in kept and _onnx_agrees(path, wrapper, _probe_shape(traced, kept, aligned=False)) is None:
         multiple = 32
     metadata = _metadata(model, wrapper, traced, kept)
     metadata["size_step"] = multiple
     _attach_metadata(path, metadata)
     diffs = check_onnx(model, path, [requested] + ([_probe_shape(requested, kept)] if kept else []),
-                       with_preprocess=with_preprocess, input_order=input_order, slide_in_graph=slide_in_graph)
+                       with_preprocess=with_preprocess, input_order=input_order, slide_in_graph=slide_in_graph,
+                       progress=progress)
     return ExportResult(path, "onnx", traced, kept, diffs, metadata)
 
 
 def _shape_name(shape: Sequence[int]) -> str:
     return "x".join(str(v) for v in shape)
+
+
+def _report(progress: ProgressCallback | None, step: str) -> None:
+    if progress is not None:
+        progress(step)
 
 
 def check_onnx(
@@ -464,16 +480,33 @@ def check_onnx(
     with_preprocess: bool = False,
     input_order: str = "bgr",
     slide_in_graph: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, float]:
     """Run the exported graph with onnxruntime and the PyTorch model on the same random inputs of each
-    (N, H, W) in ``shapes``; returns the max abs difference of the logits per shape (``'NxHxW'``)."""
+    (N, H, W) in ``shapes``; returns the max abs difference of the logits per shape (``'NxHxW'``).
+    ``progress`` hears each comparison before it runs."""
     wrapper = _wrap(model, with_preprocess, input_order, slide_in_graph)
     session = _session(path)
     diffs = {}
     for index, shape in enumerate(shapes):
+        _report(progress, f"comparing onnxruntime with PyTorch at {_shape_name(shape)}")
         x = _example(wrapper, *shape, seed=2 + index)
         diffs[_shape_name(shape)] = _max_abs_diff(_torch_outputs(wrapper, x)[-1:],
                                                   _run_session(session, x.cpu().numpy())[-1:])
+    return diffs
+
+
+def _compare(module, wrapper: ExportedSegmentor, shapes: Sequence[tuple[int, int, int]],
+             progress: ProgressCallback | None) -> dict[str, float]:
+    """Max abs difference of the logits of a reloaded ``module`` and the PyTorch model per (N, H, W)."""
+    diffs = {}
+    for index, shape in enumerate(shapes):
+        _report(progress, f"comparing the exported module with PyTorch at {_shape_name(shape)}")
+        x = _example(wrapper, *shape, seed=2 + index)
+        with torch.no_grad():
+            out = module(x)
+        got = [o.cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+        diffs[_shape_name(shape)] = _max_abs_diff(_torch_outputs(wrapper, x)[-1:], got[-1:])
     return diffs
 
 
@@ -499,12 +532,13 @@ def export_torchscript(
     with_preprocess: bool = False,
     input_order: str = "bgr",
     slide_in_graph: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Trace ``model`` with ``torch.jit.trace`` and save it (load with ``torch.jit.load``).
 
     A trace has no declared axes; ``result.dynamic`` names those checked to work at another size (the
     traced module is only valid at the traced size along the others). The metadata is stored as the
-    extra file ``semseg.json``.
+    extra file ``semseg.json``. ``progress``: as for :func:`export_onnx`.
     """
     import warnings
 
@@ -513,23 +547,19 @@ def export_torchscript(
     path.parent.mkdir(parents=True, exist_ok=True)
     traced = _shape_args(model, shape, batch)
     x = _example(wrapper, *traced)
+    _report(progress, f"tracing (torch.jit.trace) at {_shape_name(traced)}")
     with warnings.catch_warnings(), _ExportableOps(), torch.no_grad():
         warnings.simplefilter("ignore")
         module = torch.jit.trace(wrapper, (x,), check_trace=False)
     kept: tuple[str, ...] = ()
     for axes in [("batch", "height", "width"), ("batch",)]:
+        _report(progress, f"checking the trace at {_shape_name(_probe_shape(traced, axes))} ({', '.join(axes)})")
         if _torchscript_agrees(module, wrapper, _probe_shape(traced, axes)) is not None:
             kept = axes
             break
     metadata = _metadata(model, wrapper, traced, kept)
     torch.jit.save(module, str(path), _extra_files={"semseg.json": json.dumps(metadata)})
-    diffs = {}
-    for index, shape_ in enumerate([traced] + ([_probe_shape(traced, kept)] if kept else [])):
-        inp = _example(wrapper, *shape_, seed=2 + index)
-        with torch.no_grad():
-            out = module(inp)
-        got = [o.cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
-        diffs[_shape_name(shape_)] = _max_abs_diff(_torch_outputs(wrapper, inp)[-1:], got[-1:])
+    diffs = _compare(module, wrapper, [traced] + ([_probe_shape(traced, kept)] if kept else []), progress)
     return ExportResult(path, "torchscript", traced, kept, diffs, metadata)
 
 
@@ -543,11 +573,13 @@ def export_program(
     with_preprocess: bool = False,
     input_order: str = "bgr",
     slide_in_graph: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """``torch.export`` the model and save the program (``.pt2``; load with ``torch.export.load``).
 
     With ``dynamic``, batch, height and width are declared ``Dim.AUTO``: torch.export keeps each one
-    symbolic unless the model's code fixes it, and ``result.dynamic`` names those it kept.
+    symbolic unless the model's code fixes it, and ``result.dynamic`` names those it kept. ``progress``: as
+    for :func:`export_onnx`.
     """
     wrapper = _wrap(model, with_preprocess, input_order, slide_in_graph)
     path = Path(path)
@@ -556,6 +588,8 @@ def export_program(
     x = _example(wrapper, *traced)
     positions = {"batch": 0, "height": 1, "width": 2} if with_preprocess else {"batch": 0, "height": 2, "width": 3}
     dynamic_shapes = ({index: torch.export.Dim.AUTO for index in positions.values()},) if dynamic else None
+    _report(progress, f"torch.export at {_shape_name(traced)}, dynamic axes: "
+                      f"{'batch, height, width (where the model allows)' if dynamic else 'none'}")
     with torch.no_grad():
         program = torch.export.export(wrapper, (x,), dynamic_shapes=dynamic_shapes)
     placeholder = next(node for node in program.graph.nodes if node.op == "placeholder"
@@ -565,13 +599,7 @@ def export_program(
     metadata = _metadata(model, wrapper, traced, kept)
     torch.export.save(program, str(path), extra_files={"semseg.json": json.dumps(metadata)})
     module = program.module()
-    diffs = {}
-    for index, shape_ in enumerate([traced] + ([_probe_shape(traced, kept)] if kept else [])):
-        inp = _example(wrapper, *shape_, seed=2 + index)
-        with torch.no_grad():
-            out = module(inp)
-        got = [o.cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
-        diffs[_shape_name(shape_)] = _max_abs_diff(_torch_outputs(wrapper, inp)[-1:], got[-1:])
+    diffs = _compare(module, wrapper, [traced] + ([_probe_shape(traced, kept)] if kept else []), progress)
     return ExportResult(path, "pt2", traced, kept, diffs, metadata)
 
 

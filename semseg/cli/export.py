@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from typing import TextIO
 
 EPILOG = """examples:
   semseg export pspnet_r50-d8_4xb2-40k_cityscapes-512x1024 zoo --out pspnet.onnx
@@ -18,6 +21,33 @@ semseg.export.OnnxSegmentor, which loops over the crop windows (see docs/export.
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 
 
+class StepDisplay:
+    """The step an export is at and the time so far, on stderr: one line redrawn in place on a terminal, a
+    line per step elsewhere. An export is a few long steps of unknown length (tracing, onnxruntime checks),
+    so it shows which one runs rather than a bar whose ETA would be a guess."""
+
+    def __init__(self, label: str = "export", stream: TextIO | None = None):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def __call__(self, step: str) -> None:
+        self.steps += 1
+        text = f"{self.label} [{time.perf_counter() - self.start:.1f} s] step {self.steps}: {step}"
+        if self.tty:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End the display: the total time (on a terminal, below the last step)."""
+        done = f"{self.label}: {self.steps} steps in {time.perf_counter() - self.start:.1f} s"
+        print(f"\r\033[K{done}" if self.tty else done, file=self.stream, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -26,14 +56,19 @@ def run(args: argparse.Namespace) -> int:
 
     model = init_model(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options)
     out = Path(args.out or Path(str(args.config)).stem + SUFFIXES[args.format])
+    display = StepDisplay()
     common = dict(shape=args.shape, batch=args.batch, with_preprocess=args.with_preprocess,
-                  input_order=args.input_order, slide_in_graph=args.slide_in_graph)
-    if args.format == "onnx":
-        result = export_onnx(model, out, opset=args.opset, dynamic=not args.static, dynamo=args.dynamo, **common)
-    elif args.format == "torchscript":
-        result = export_torchscript(model, out, **common)
-    else:
-        result = export_program(model, out, dynamic=not args.static, **common)
+                  input_order=args.input_order, slide_in_graph=args.slide_in_graph, progress=display)
+    try:
+        if args.format == "onnx":
+            result = export_onnx(model, out, opset=args.opset, dynamic=not args.static, dynamo=args.dynamo,
+                                 **common)
+        elif args.format == "torchscript":
+            result = export_torchscript(model, out, **common)
+        else:
+            result = export_program(model, out, dynamic=not args.static, **common)
+    finally:
+        display.close()
     for line in describe(result):
         print(line)
     return 0
@@ -43,7 +78,9 @@ def register(commands) -> None:
     """Add the subcommand to ``commands`` (an argparse subparsers action)."""
     parser = commands.add_parser(
         "export", help="export a model to ONNX, TorchScript or torch.export (.pt2), checked against PyTorch",
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="Export a model to ONNX, TorchScript or a torch.export program (.pt2), then check the file "
+                    "against PyTorch.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="config file or zoo name")
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="weights: a path, a URL, or 'zoo' for the zoo's published ones (default: random)")

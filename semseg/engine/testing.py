@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -49,13 +50,14 @@ def _writer(dataset, show_dir: str | None, out_dir: str | None):
 def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: str | None = None,
              out_dir: str | None = None, device: str | None = None, work_dir: str | None = None,
              precision: str = "fp32", fuse: bool = False, confusion_matrix: str | None = None,
-             onednn: bool = False) -> dict:
+             onednn: bool = False, progress: bool = True) -> dict:
     """Evaluate ``checkpoint`` with ``config``'s ``test_dataloader`` and ``test_evaluator``; print and
     return the metrics (with ``work_dir``, also write them to ``<work_dir>/test_metrics.json``).
 
     ``precision``, ``fuse`` and ``onednn`` are :func:`~semseg.apis.init_model`'s inference options. ``confusion_matrix``
     names a plot file (PNG) for the row-normalized confusion matrix, written with its raw counts beside it
-    (``.npy``, ``.csv``; see :func:`semseg.plots.save_confusion_matrix`)."""
+    (``.npy``, ``.csv``; see :func:`semseg.plots.save_confusion_matrix`). ``progress`` shows the batches done on
+    stderr (a bar with rate and ETA on a terminal, a line at every tenth elsewhere; rank 0 only)."""
     if confusion_matrix is not None:
         from semseg.plots import check_matplotlib
 
@@ -75,8 +77,9 @@ def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: 
     metric = build_metric(cfg.get("test_evaluator"), loader.dataset)
     confusion = ConfusionMatrix(metric.num_classes, metric.ignore_index) if confusion_matrix else None
     callback = _writer(loader.dataset, show_dir, out_dir) if (show_dir or out_dir) else None
+    display = _display(len(loader)) if progress and distributed.is_main_process() else None
     scores = evaluate(model, loader, metric if confusion is None else _WithConfusion(metric, confusion), chosen,
-                      on_prediction=callback)
+                      on_prediction=callback, progress=display)
     if distributed.is_main_process():
         print(format_table(scores["per_class"]))
         summary = {k: v for k, v in scores.items() if k != "per_class"}
@@ -90,6 +93,15 @@ def run_test(config, checkpoint, cfg_options=None, tta: bool = False, show_dir: 
             written = save_confusion_matrix(confusion.counts.numpy(), metric.class_names, confusion_matrix)
             print("confusion matrix: " + ", ".join(str(path) for path in written))
     return scores
+
+
+def _display(total: int) -> Callable[[int], None]:
+    """``progress(batches done)`` for :func:`evaluate`, drawn by the console's progress display."""
+    from semseg.cli.progress import ConsoleProgress  # a console display: imported only when shown
+
+    show = ConsoleProgress("test")
+    show(0, total)
+    return lambda done: show(done, total)
 
 
 class _WithConfusion:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from semseg.build import build
-from semseg.models.inference import DEFAULT_SLIDE_BATCH_SIZE, autocast, slide_inference, whole_inference
+from semseg.models.inference import DEFAULT_SLIDE_BATCH_SIZE, autocast, slide_inference, whole_or_slide
+from semseg.models.summary import summarize, summary_html
 from semseg.nn import resize
 
 
@@ -95,6 +96,9 @@ class EncoderDecoder(nn.Module):
             if module is not None:
                 heads.extend(module if isinstance(module, nn.ModuleList) else [module])
         return heads
+
+    summary = summarize  # model.summary(): backbone, heads, classes, output, parameters
+    _repr_html_ = summary_html  # Jupyter: the summary table, with the module tree folded under it
 
     @property
     def with_neck(self) -> bool:
@@ -197,7 +201,11 @@ class EncoderDecoder(nn.Module):
         return {**self.decode_losses(features, labels), **self.auxiliary_losses(features, labels)}
 
     def inference(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, C, H, W) at x's size by the strategy ``test_cfg['mode']`` names."""
+        """Logits (N, C, H, W) at x's size by the strategy ``test_cfg['mode']`` names.
+
+        Whole inference may fall back to slide inference for large inputs (``test_cfg`` keys
+        ``max_whole_pixels`` and ``fallback_slide``, see :func:`~semseg.models.inference.whole_or_slide`).
+        """
         mode = self.test_cfg.get("mode", "whole")
         if mode not in ("whole", "slide"):
             raise ValueError(f"test_cfg mode must be 'whole' or 'slide', got {mode!r}")
@@ -205,7 +213,7 @@ class EncoderDecoder(nn.Module):
             raise KeyError("test_cfg mode='slide' needs 'crop_size' and 'stride'")
         with torch.inference_mode() if self.use_inference_mode else contextlib.nullcontext():
             if mode == "whole":
-                return whole_inference(self, x)
+                return whole_or_slide(self, x, self.test_cfg)
             cfg = self.test_cfg
             return slide_inference(self, x, cfg["crop_size"], cfg["stride"],
                                    batch_size=cfg.get("batch_size", DEFAULT_SLIDE_BATCH_SIZE),

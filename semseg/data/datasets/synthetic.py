@@ -5,6 +5,8 @@ worker, needs no files, and ``train`` / ``val`` / ``test`` differ. Class 0 is th
 class has its own color and stripe texture (orientation, period), drawn as rectangles, ellipses or
 triangles of random size and place, with per-shape color jitter and per-pixel noise. Each image holds
 every class at least once before any repeats (a later shape may still cover part of an earlier one).
+``binary=True`` keeps the images and labels every shape 1 (``foreground``) whatever its kind: a two-class
+task for one-channel (sigmoid) models.
 
 ``SyntheticDataset`` serves the samples in memory through a config's pipeline: the generated image and
 label are put in the results dict, so the pipeline's file loading steps (``LoadImageFromFile``,
@@ -29,8 +31,14 @@ from semseg.data.transforms import Compose, LoadAnnotations, LoadImageFromFile, 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-def synthetic_metainfo(num_classes: int = 5) -> dict:
-    """Class names (``background``, ``shape_1``, ...) and palette (each class's base color, RGB)."""
+BINARY_METAINFO = {"classes": ("background", "foreground"), "palette": [[110, 110, 110], [255, 190, 0]]}
+
+
+def synthetic_metainfo(num_classes: int = 5, binary: bool = False) -> dict:
+    """Class names (``background``, ``shape_1``, ...) and palette (each class's base color, RGB); with
+    ``binary``, ``background`` and ``foreground``."""
+    if binary:
+        return copy.deepcopy(BINARY_METAINFO)
     colors = class_colors(num_classes)
     return {"classes": ("background",) + tuple(f"shape_{k}" for k in range(1, num_classes)),
             "palette": [[int(c) for c in color[::-1]] for color in colors]}
@@ -83,8 +91,9 @@ def _texture(rng: np.random.Generator, k: int, num_classes: int, ys: np.ndarray,
 
 
 def generate_sample(index: int, img_size: int | Sequence[int] = (64, 64), num_classes: int = 5, seed: int = 0,
-                    split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``index`` of a split: (H, W, 3) uint8 BGR image and (H, W) uint8 labels in 0..num_classes-1."""
+                    split: str = "train", binary: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``index`` of a split: (H, W, 3) uint8 BGR image and (H, W) uint8 labels in 0..num_classes-1
+    (with ``binary``: 0 background, 1 any shape; the image is the same)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     height, width = (img_size, img_size) if isinstance(img_size, int) else map(int, img_size)
@@ -103,6 +112,8 @@ def generate_sample(index: int, img_size: int | Sequence[int] = (64, 64), num_cl
         image[mask] = _texture(rng, int(k), num_classes, ys, xs, colors[k])[mask]
         label[mask] = k
     image += rng.normal(0, 8, size=image.shape).astype(np.float32)
+    if binary:
+        label = (label > 0).astype(np.uint8)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
@@ -138,12 +149,13 @@ class SyntheticDataset(Dataset):
 
     Each sample's results dict starts with ``img`` (H, W, 3) uint8 BGR and ``generated_label`` (H, W)
     uint8; the pipeline's file loading steps are replaced by in-memory ones (``LoadImageFromNDArray``,
-    ``LoadAnnotationsFromMemory``) at the same positions.
+    ``LoadAnnotationsFromMemory``) at the same positions. ``num_classes`` is the number of kinds drawn
+    (background included); ``binary`` labels every shape 1, so the dataset has two classes.
     """
 
     def __init__(self, num_samples: int = 64, img_size: int | Sequence[int] = (64, 64), num_classes: int = 5,
                  seed: int = 0, split: str = "train", pipeline: Sequence[dict | Callable] = (),
-                 test_mode: bool = False, ignore_index: int = 255):
+                 test_mode: bool = False, ignore_index: int = 255, binary: bool = False):
         if split not in SPLITS:
             raise ValueError(f"SyntheticDataset: split must be one of {sorted(SPLITS)}, got {split!r}")
         self.num_samples = int(num_samples)
@@ -153,7 +165,8 @@ class SyntheticDataset(Dataset):
         self.split = split
         self.test_mode = test_mode
         self.ignore_index = ignore_index
-        self._metainfo = synthetic_metainfo(self.num_classes)
+        self.binary = bool(binary)
+        self._metainfo = synthetic_metainfo(self.num_classes, self.binary)
         self._metainfo.update(label_map=None, reduce_zero_label=False)
         self.pipeline = Compose(_from_memory(pipeline))
 
@@ -170,7 +183,7 @@ class SyntheticDataset(Dataset):
         if not -self.num_samples <= idx < self.num_samples:
             raise IndexError(f"SyntheticDataset: index {idx} out of range for {self.num_samples} samples")
         idx %= self.num_samples
-        image, label = generate_sample(idx, self.img_size, self.num_classes, self.seed, self.split)
+        image, label = generate_sample(idx, self.img_size, self.num_classes, self.seed, self.split, self.binary)
         return {"img": image, "generated_label": label, "img_shape": image.shape[:2],
                 "ori_shape": image.shape[:2], "seg_fields": [], "label_map": None, "reduce_zero_label": False,
                 "sample_idx": idx}
@@ -184,13 +197,13 @@ class SyntheticDataset(Dataset):
 
 def write_synthetic_dataset(root: str | os.PathLike, num_train: int = 32, num_val: int = 8,
                             img_size: int | Sequence[int] = (64, 64), num_classes: int = 5,
-                            seed: int = 0) -> Path:
+                            seed: int = 0, binary: bool = False) -> Path:
     """Write the synthetic samples as PNGs: ``img_dir/{train,val}/00000.png``, ``ann_dir/...`` and
     ``classes.txt``. Returns ``root``.
 
     Read them back with ``dict(type='BaseSegDataset', data_root=root, img_suffix='.png',
     data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
-    metainfo=synthetic_metainfo(num_classes))``: the arrays are those ``SyntheticDataset`` serves.
+    metainfo=synthetic_metainfo(num_classes, binary))``: the arrays are those ``SyntheticDataset`` serves.
     """
     root = Path(root)
     for split, count in (("train", num_train), ("val", num_val)):
@@ -198,10 +211,10 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int = 32, num_va
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
         for idx in range(count):
-            image, label = generate_sample(idx, img_size, num_classes, seed, split)
+            image, label = generate_sample(idx, img_size, num_classes, seed, split, binary)
             for path, array in ((img_dir / f"{idx:05d}.png", image), (ann_dir / f"{idx:05d}.png", label)):
                 if not cv2.imwrite(str(path), array):
                     raise OSError(f"cannot write {path}")
-    names = synthetic_metainfo(num_classes)["classes"]
+    names = synthetic_metainfo(num_classes, binary)["classes"]
     (root / "classes.txt").write_text("".join(name + "\n" for name in names))
     return root

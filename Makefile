@@ -15,6 +15,7 @@ $(VENV)/.base: pyproject.toml
 
 $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install -q -e ".[test,conformance]" $(TORCH_PIN)
+	$(PY) -m pip install -q --no-deps cityscapesScripts==2.3.0
 	touch $@
 
 demo: $(VENV)/.base

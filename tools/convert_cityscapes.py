@@ -3,7 +3,7 @@
     python tools/convert_cityscapes.py data/cityscapes [--gt-dir gtFine] [--source auto] [--overwrite]
 
 ``--source labelIds`` maps the official ``*_labelIds.png`` (exactly the official train ids),
-``polygons`` rasterizes ``*_polygons.json`` with cv2, ``auto`` (default) takes the PNG where there is one.
+``polygons`` rasterizes ``*_polygons.json`` as cityscapesScripts does (Pillow), ``auto`` (default) takes the PNG where there is one.
 """
 
 from __future__ import annotations

@@ -83,3 +83,11 @@ def test_the_logged_lr_is_the_one_the_iteration_trained_at(tmp_path: Path) -> No
     records = [json.loads(line) for line in run.logger.json_path.read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs == pytest.approx([0.1, 0.05])  # iteration 1 at the base rate, iteration 2 one poly step down
+
+
+def test_on_iteration_reports_each_iteration(tmp_path: Path) -> None:
+    run = trainer(tmp_path)
+    seen = []
+    run.on_iteration = lambda done, total: seen.append((done, total))
+    run.train()
+    assert seen == [(1, 2), (2, 2)]

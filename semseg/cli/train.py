@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from semseg.cli.common import add_threads_option, apply_threads
+from semseg.cli.progress import ConsoleProgress
 
 EXAMPLES = """\
 examples:
@@ -34,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
     resume = args.resume_from or args.resume
     try:
         compile_option = dict(mode=args.compile_mode) if args.compile_mode else args.compile
-        Trainer(cfg, work_dir, resume=resume, amp=args.amp, device=args.device, channels_last=args.channels_last,
-                fused_optimizer=args.fused_optimizer, check_finite_every=args.check_finite_every,
-                compile=compile_option).train()
+        trainer = Trainer(cfg, work_dir, resume=resume, amp=args.amp, device=args.device,
+                          channels_last=args.channels_last, fused_optimizer=args.fused_optimizer,
+                          check_finite_every=args.check_finite_every, compile=compile_option)
+        if sys.stderr.isatty():  # a bar between the log lines; elsewhere the log lines alone
+            trainer.on_iteration = ConsoleProgress("train")
+        trainer.train()
     except BaseException:
         distributed.cleanup(wait=False)
         raise

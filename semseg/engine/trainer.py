@@ -12,7 +12,7 @@ import contextlib
 import pickle
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -209,6 +209,8 @@ class Trainer:
             resume = cfg.get("load_from") or True
         self.resume = resume
         self.amp = amp
+        # called as on_iteration(iteration, max_iters) after each iteration on rank 0 (a progress display)
+        self.on_iteration: Callable[[int, int], None] | None = None
         self.rank, self.world_size, self.device = distributed.init_distributed(
             device, dist_cfg=(cfg.get("env_cfg") or {}).get("dist_cfg"))
         self.is_main = self.rank == 0
@@ -484,6 +486,8 @@ class Trainer:
             self.iter += 1
             self._count_skipped_step()
             progress.mark_iter()
+            if self.on_iteration is not None and self.is_main:
+                self.on_iteration(self.iter, self.max_iters)
             log_now = self.iter % self.log_interval == 0 or self.iter == self.max_iters
             validate_now = self.iter % self.val_interval == 0 or self.iter == self.max_iters
             save_now = self.iter % self.checkpoint_interval == 0 or self.iter == self.max_iters

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from semseg.benchmark import run_benchmark
     from semseg.engine import distributed
 
-    try:
+    with distributed.process_group_scope():
         report = run_benchmark(
             args.config, device=args.device, progress=None if args.quiet else ConsoleProgress,
             checkpoint=args.checkpoint, cfg_options=args.cfg_options, train=args.train, flops=args.flops,
@@ -98,16 +98,12 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, crop_size=args.crop_size, precision=args.precision, amp=args.amp,
             fuse=args.fuse, onednn=args.onednn, channels_last=args.channels_last, inference_mode=args.inference_mode,
             compile=args.compile, fused_optimizer=args.fused_optimizer, cudnn_benchmark=args.cudnn_benchmark)
-    except BaseException:
-        distributed.cleanup(wait=False)
-        raise
-    if distributed.is_main_process():
-        for line in [*benchmark_lines(report), threads]:
-            print(line)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    distributed.cleanup()
+        if distributed.is_main_process():
+            for line in [*benchmark_lines(report), threads]:
+                print(line)
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0
 
 

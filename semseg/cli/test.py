@@ -24,14 +24,10 @@ def run(args: argparse.Namespace) -> int:
         from semseg.data.check import check_config_data
 
         check_config_data(load_config(args.config, args.cfg_options), ("test_dataloader",))
-    try:
+    with distributed.process_group_scope():
         run_test(args.config, args.checkpoint, cfg_options=args.cfg_options, tta=args.tta,
                  show_dir=args.show_dir, out_dir=args.out, device=args.device, work_dir=args.work_dir,
                  precision=args.precision, fuse=args.fuse, onednn=args.onednn, confusion_matrix=args.confusion_matrix)
-    except BaseException:
-        distributed.cleanup(wait=False)
-        raise
-    distributed.cleanup()
     return 0
 
 

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         check_config_data(cfg, ("train_dataloader", "val_dataloader"))
     work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(str(args.config)).stem)
     resume = args.resume_from or args.resume
-    try:
+    with distributed.process_group_scope():
         compile_option = dict(mode=args.compile_mode) if args.compile_mode else args.compile
         trainer = Trainer(cfg, work_dir, resume=resume, amp=args.amp, device=args.device,
                           channels_last=args.channels_last, fused_optimizer=args.fused_optimizer,
@@ -42,10 +42,6 @@ def run(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():  # a bar between the log lines; elsewhere the log lines alone
             trainer.on_iteration = ConsoleProgress("train")
         trainer.train()
-    except BaseException:
-        distributed.cleanup(wait=False)
-        raise
-    distributed.cleanup()
     return 0
 
 

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -205,6 +206,18 @@ def record_failure(error: BaseException) -> None:
 # After a lost connection, how long a process waits before it exits, so that torchrun sees the process that
 # failed first end first and names it as the root cause (it stops the waiting ones itself).
 PEER_FAILURE_GRACE_S = 3.0
+
+
+@contextlib.contextmanager
+def process_group_scope() -> Iterator[None]:
+    """Run a command's body, then leave the process group: waiting for the others when it ends normally,
+    at once (:func:`cleanup` with ``wait=False``) when it raises."""
+    try:
+        yield
+    except BaseException:
+        cleanup(wait=False)
+        raise
+    cleanup()
 
 
 def cleanup(wait: bool = True) -> None:

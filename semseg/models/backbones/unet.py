@@ -21,7 +21,7 @@ from semseg.models.backbones.base import FreezableBackbone, check_pretrained, in
 from semseg.nn.activation import build_activation
 from semseg.nn.conv_module import ConvModule
 from semseg.nn.norm import build_norm
-from semseg.nn.resize import resize
+from semseg.nn.upsample import Upsample
 
 _BILINEAR_X2 = dict(scale_factor=2, mode="bilinear", align_corners=False)
 
@@ -54,23 +54,6 @@ class BasicConvBlock(nn.Module):
         return _run(self.convs, x, self.with_cp)
 
 
-class Interpolate(nn.Module):
-    """Parameter-free resize to ``size``, or to ``int(dim * scale_factor)`` per spatial dim (as MMSegmentation's
-    ``Upsample``, which passes the computed size, not the factor, to the interpolation)."""
-
-    def __init__(self, size: tuple[int, int] | None = None, scale_factor: float | None = None,
-                 mode: str = "nearest", align_corners: bool | None = None):
-        super().__init__()
-        if not size and not scale_factor:
-            raise ValueError("Interpolate needs size or scale_factor")
-        self.size, self.scale_factor = size, scale_factor
-        self.mode, self.align_corners = mode, align_corners
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.size or [int(s * self.scale_factor) for s in x.shape[-2:]]
-        return resize(x, size, mode=self.mode, align_corners=self.align_corners, warning=False)
-
-
 class InterpConv(nn.Module):
     """Upsampling by interpolation then a conv-norm-act (``conv_first``: conv first), in ``interp_upsample``
     (index 0 / 1 as in MMSegmentation). Default: bilinear x2, 1x1 conv.
@@ -85,7 +68,7 @@ class InterpConv(nn.Module):
         self.with_cp = with_cp
         conv = ConvModule(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                           conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
-        upsample = Interpolate(**upsample_cfg)
+        upsample = Upsample(**upsample_cfg)
         self.interp_upsample = nn.Sequential(conv, upsample) if conv_first else nn.Sequential(upsample, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
